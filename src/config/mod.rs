@@ -1,0 +1,145 @@
+//! Configuration: the TOML file, environment overrides, and validation into a [`Config`] the
+//! rest of the daemon can trust.
+//!
+//! Every error names where it came from (the file or the environment variable), the key path
+//! (`target[1].pool.max_size`), what is wrong, and how to fix it. All errors are collected, not
+//! just the first, so one `check-config` run shows everything to mend.
+
+pub mod duration;
+mod env;
+mod render;
+pub mod types;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use env::{Env, ProcessEnv, DEFAULT_TARGET};
+pub use render::render_effective;
+pub use types::{ApiConfig, PoolSettings, SourceConfig};
+
+use crate::dsn::ConnInfo;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from; `None` for an environment-only setup.
+    pub file: Option<PathBuf>,
+    pub api: Api,
+    pub targets: Vec<Target>,
+    /// Things that work but deserve a look (printed by `check-config`, logged at start).
+    pub warnings: Vec<String>,
+}
+
+/// The API section, with the socket mode parsed.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub admin_uids: Vec<u32>,
+}
+
+/// One validated target.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    pub conn: ConnInfo,
+    pub pool: PoolSettings,
+    pub refresh_interval: Duration,
+    pub drain_timeout: Duration,
+    pub source: Source,
+}
+
+/// Where a target's credentials come from, resolved.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file of credentials (JSON or KEY=VALUE).
+    File { path: PathBuf },
+    /// `DATABASE_URL` with a password: for local development only.
+    Development {
+        username: String,
+        password: SecretString,
+    },
+}
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `environment` for environment variables.
+    pub origin: String,
+    /// The key path, e.g. `target[1].pool.max_size`, or the variable name.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// 1-based line and column in the file, when known.
+    pub position: Option<(usize, usize)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: ", self.origin)?,
+            None => write!(f, "{}: ", self.origin)?,
+        }
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything wrong with a configuration, one error a line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `path`, else `CREDSWAP_CONFIG`, else an environment-only setup
+    /// from `DATABASE_URL`. `DB_*` variables then override the single target's TLS settings.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("CREDSWAP_CONFIG").map(PathBuf::from));
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigErrors(vec![ConfigError {
+                        origin: path.display().to_string(),
+                        key: "(file)".to_string(),
+                        message: format!(
+                            "cannot read the configuration file: {e}; fix: check the path, or pass --config"
+                        ),
+                        position: None,
+                    }])
+                })?;
+                Self::from_toml(&text, &path, env)
+            }
+            None => env::environment_only(env),
+        }
+    }
+
+    /// Parses and validates configuration text that came from `path`.
+    pub fn from_toml(text: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let origin = path.display().to_string();
+        let raw = validate::parse_toml(text, &origin)?;
+        let mut config = validate::validate(raw, &origin, Some(path))?;
+        env::apply_overrides(&mut config, env)?;
+        Ok(config)
+    }
+
+    /// Looks a target up by name.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}

@@ -1,0 +1,75 @@
+//! The effective configuration as TOML, for `check-config`: defaults filled in, secrets out.
+
+use serde::Serialize;
+
+use super::duration;
+use super::types::PoolSettings;
+use super::{Config, Source};
+
+#[derive(Serialize)]
+struct Effective<'a> {
+    api: EffectiveApi<'a>,
+    target: Vec<EffectiveTarget<'a>>,
+}
+
+#[derive(Serialize)]
+struct EffectiveApi<'a> {
+    socket: String,
+    socket_mode: String,
+    admin_uids: &'a [u32],
+}
+
+#[derive(Serialize)]
+struct EffectiveTarget<'a> {
+    name: &'a str,
+    url: String,
+    refresh_interval: String,
+    drain_timeout: String,
+    pool: &'a PoolSettings,
+    source: EffectiveSource,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum EffectiveSource {
+    File {
+        path: String,
+    },
+    Development {
+        username: String,
+        password: &'static str,
+    },
+}
+
+/// The configuration as credswap will use it. Passwords never appear: the file form cannot hold
+/// one, and the development source's is shown as `[redacted]`.
+pub fn render_effective(config: &Config) -> String {
+    let effective = Effective {
+        api: EffectiveApi {
+            socket: config.api.socket.display().to_string(),
+            socket_mode: format!("{:04o}", config.api.socket_mode),
+            admin_uids: &config.api.admin_uids,
+        },
+        target: config
+            .targets
+            .iter()
+            .map(|t| EffectiveTarget {
+                name: &t.name,
+                url: t.conn.redacted(),
+                refresh_interval: duration::format(t.refresh_interval),
+                drain_timeout: duration::format(t.drain_timeout),
+                pool: &t.pool,
+                source: match &t.source {
+                    Source::File { path } => EffectiveSource::File {
+                        path: path.display().to_string(),
+                    },
+                    Source::Development { username, .. } => EffectiveSource::Development {
+                        username: username.clone(),
+                        password: "[redacted]",
+                    },
+                },
+            })
+            .collect(),
+    };
+    toml::to_string(&effective).expect("the effective configuration is plain strings and numbers")
+}

@@ -1,0 +1,150 @@
+//! The configuration file as written: serde types with `deny_unknown_fields`, so a typo is an
+//! error that names the key instead of a setting silently ignored.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// The local Unix socket API.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where the socket is created.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// File mode of the socket, octal as in `chmod`.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Peers (by uid) that may rotate and reload.
+    #[serde(default = "default_admin_uids")]
+    pub admin_uids: Vec<u32>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: default_socket(),
+            socket_mode: default_socket_mode(),
+            admin_uids: default_admin_uids(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/credswap/credswap.sock")
+}
+fn default_socket_mode() -> String {
+    "0660".to_string()
+}
+fn default_admin_uids() -> Vec<u32> {
+    vec![0]
+}
+
+/// One `[[target]]`: a database role on a database.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    /// Connection string without user or password.
+    pub url: String,
+    #[serde(default)]
+    pub pool: PoolSettings,
+    /// How often the secret source is asked for a new version even without a trigger.
+    #[serde(default = "default_refresh", with = "duration")]
+    pub refresh_interval: Duration,
+    /// How long an old pool may keep running statements after a swap.
+    #[serde(default = "default_drain", with = "duration")]
+    pub drain_timeout: Duration,
+    pub source: SourceConfig,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where a target's credentials come from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A JSON or KEY=VALUE file; `$CREDENTIALS_DIRECTORY` is honoured for relative paths.
+    File { path: PathBuf },
+}
+
+/// Pool limits and timeouts, with the defaults a web application would pick.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Most server connections open at once.
+    #[serde(default = "default_max_size")]
+    pub max_size: u32,
+    /// Idle connections kept open and ready.
+    #[serde(default = "default_min_idle")]
+    pub min_idle: u32,
+    /// How long a request waits for a free connection before `pool_exhausted`.
+    #[serde(default = "default_checkout", with = "duration")]
+    pub checkout_timeout: Duration,
+    /// Server-side `statement_timeout`, sent as a startup option; `"0s"` turns it off.
+    #[serde(default = "default_statement", with = "duration")]
+    pub statement_timeout: Duration,
+    /// Idle connections above `min_idle` close after this; `"0s"` keeps them.
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections are replaced after this age; `"0s"` keeps them forever.
+    #[serde(default = "default_lifetime", with = "duration")]
+    pub max_lifetime: Duration,
+    /// Deadline for opening one connection, TLS and authentication included.
+    #[serde(default = "default_connect", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_size: default_max_size(),
+            min_idle: default_min_idle(),
+            checkout_timeout: default_checkout(),
+            statement_timeout: default_statement(),
+            idle_timeout: default_idle(),
+            max_lifetime: default_lifetime(),
+            connect_timeout: default_connect(),
+        }
+    }
+}
+
+fn default_max_size() -> u32 {
+    10
+}
+fn default_min_idle() -> u32 {
+    1
+}
+fn default_checkout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_statement() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_lifetime() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_connect() -> Duration {
+    Duration::from_secs(5)
+}

@@ -1,0 +1,318 @@
+//! From parsed TOML to a validated [`Config`]: every rule that serde cannot express.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::types::{FileConfig, SourceConfig, TargetConfig};
+use super::{Api, Config, ConfigError, ConfigErrors, Source, Target};
+use crate::dsn::{ConnInfo, Host};
+use crate::tls::{self, RootCert, SslMode, Verification};
+
+/// Longest target name: it ends up in URLs, metric labels and `application_name` (63 bytes).
+pub const MAX_NAME_LEN: usize = 40;
+
+/// Parses TOML into the file types, keeping the key path of the first error.
+pub fn parse_toml(text: &str, origin: &str) -> Result<FileConfig, ConfigErrors> {
+    let de =
+        toml::Deserializer::parse(text).map_err(|e| toml_error(text, origin, "(syntax)", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = match e.path().to_string() {
+            p if p == "." => "(top level)".to_string(),
+            p => p,
+        };
+        toml_error(text, origin, &key, e.inner())
+    })
+}
+
+fn toml_error(text: &str, origin: &str, key: &str, e: &toml::de::Error) -> ConfigErrors {
+    let position = e.span().map(|span| line_col(text, span.start));
+    ConfigErrors(vec![ConfigError {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        message: e.message().trim().to_string(),
+        position,
+    }])
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Gathers every error of one load.
+pub(super) struct Collector<'a> {
+    origin: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Collector<'a> {
+    pub(super) fn new(origin: &'a str) -> Self {
+        Collector {
+            origin,
+            errors: Vec::new(),
+        }
+    }
+
+    /// `Ok(value)` when nothing was wrong.
+    pub(super) fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    pub(super) fn error(&mut self, key: String, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.to_string(),
+            key,
+            message: message.into(),
+            position: None,
+        });
+    }
+}
+
+/// Checks the rules serde cannot, collecting every error.
+pub fn validate(
+    raw: FileConfig,
+    origin: &str,
+    file: Option<&Path>,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Collector::new(origin);
+    let api = validate_api(&raw, &mut c);
+    if raw.targets.is_empty() {
+        c.error(
+            "target".into(),
+            "no [[target]] is defined; fix: add a [[target]] table with name, url and source (see docs/configuration.md)",
+        );
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut targets = Vec::new();
+    for (i, t) in raw.targets.iter().enumerate() {
+        let at = format!("target[{i}]");
+        check_name(&t.name, &format!("{at}.name"), &mut c);
+        if let Some(first) = seen.insert(&t.name, i) {
+            c.error(
+                format!("{at}.name"),
+                format!(
+                    "\"{}\" is already the name of target[{first}]; fix: give every target its own name",
+                    t.name
+                ),
+            );
+        }
+        check_pool(t, &at, &mut c);
+        if let Some(conn) = check_url(&t.url, &format!("{at}.url"), true, &mut c) {
+            check_tls_files(&conn, &format!("{at}.url"), &mut c);
+            targets.push(Target {
+                name: t.name.clone(),
+                conn,
+                pool: t.pool.clone(),
+                refresh_interval: t.refresh_interval,
+                drain_timeout: t.drain_timeout,
+                source: match &t.source {
+                    SourceConfig::File { path } => Source::File { path: path.clone() },
+                },
+            });
+        }
+    }
+    c.finish(Config {
+        file: file.map(Path::to_path_buf),
+        api,
+        targets,
+        warnings: Vec::new(),
+    })
+}
+
+fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
+    let mode = match u32::from_str_radix(raw.api.socket_mode.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => m,
+        _ => {
+            c.error(
+                "api.socket_mode".into(),
+                format!(
+                    "\"{}\" is not a file mode; fix: write it in octal as for chmod, e.g. \"0660\"",
+                    raw.api.socket_mode
+                ),
+            );
+            0o660
+        }
+    };
+    if !raw.api.socket.is_absolute() {
+        c.error(
+            "api.socket".into(),
+            format!(
+                "\"{}\" is a relative path; fix: give an absolute path such as /run/credswap/credswap.sock",
+                raw.api.socket.display()
+            ),
+        );
+    }
+    Api {
+        socket: raw.api.socket.clone(),
+        socket_mode: mode,
+        admin_uids: raw.api.admin_uids.clone(),
+    }
+}
+
+/// Target names appear in URL paths and metric labels: keep them to a safe alphabet.
+pub(super) fn check_name(name: &str, key: &str, c: &mut Collector<'_>) {
+    let ok_chars = name
+        .chars()
+        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-');
+    let starts_ok = name
+        .chars()
+        .next()
+        .is_some_and(|ch| ch.is_ascii_lowercase());
+    if name.is_empty() || !ok_chars || !starts_ok || name.len() > MAX_NAME_LEN {
+        c.error(
+            key.to_string(),
+            format!(
+                "\"{name}\" is not a valid target name; fix: use 1 to {MAX_NAME_LEN} characters from a-z, 0-9, _ and -, starting with a letter"
+            ),
+        );
+    }
+}
+
+fn check_pool(t: &TargetConfig, at: &str, c: &mut Collector<'_>) {
+    let p = &t.pool;
+    if p.max_size == 0 {
+        c.error(
+            format!("{at}.pool.max_size"),
+            "must be at least 1, got 0; fix: set it to the most server connections this target may open",
+        );
+    }
+    if p.min_idle > p.max_size {
+        c.error(
+            format!("{at}.pool.min_idle"),
+            format!(
+                "{} is more than max_size ({}); fix: lower min_idle or raise max_size",
+                p.min_idle, p.max_size
+            ),
+        );
+    }
+    for (key, value) in [
+        ("pool.checkout_timeout", p.checkout_timeout),
+        ("pool.connect_timeout", p.connect_timeout),
+        ("refresh_interval", t.refresh_interval),
+        ("drain_timeout", t.drain_timeout),
+    ] {
+        if value.is_zero() {
+            c.error(
+                format!("{at}.{key}"),
+                "must be more than zero; fix: give a duration such as \"5s\"",
+            );
+        }
+    }
+}
+
+/// Parses a target URL. `from_file`: credentials in a configuration file are refused.
+pub(super) fn check_url(
+    url: &str,
+    key: &str,
+    from_file: bool,
+    c: &mut Collector<'_>,
+) -> Option<ConnInfo> {
+    let conn = match ConnInfo::parse(url) {
+        Ok(conn) => conn,
+        Err(e) => {
+            c.error(key.to_string(), format!("{e}"));
+            return None;
+        }
+    };
+    let mut ok = true;
+    if from_file && conn.password.is_some() {
+        c.error(
+            key.to_string(),
+            "contains a password; passwords come from the secret source, never the configuration; fix: remove it from the url and put it in the target's source",
+        );
+        ok = false;
+    }
+    if from_file {
+        if let Some(user) = &conn.user {
+            c.error(
+                key.to_string(),
+                format!(
+                    "contains a user name (\"{user}\"); the user name comes from the secret source with the password; fix: remove it from the url"
+                ),
+            );
+            ok = false;
+        }
+    }
+    if matches!(conn.tls.mode, SslMode::VerifyCa | SslMode::VerifyFull)
+        && conn.tls.rootcert.is_none()
+    {
+        c.error(
+            key.to_string(),
+            format!(
+                "sslmode={} needs sslrootcert; fix: add sslrootcert=/path/to/ca.pem (or sslrootcert=system for the operating system's roots)",
+                conn.tls.mode
+            ),
+        );
+        ok = false;
+    }
+    ok.then_some(conn)
+}
+
+/// What a target's TLS settings leave open, for `check-config` and the start-up log.
+pub(super) fn tls_warnings(name: &str, conn: &ConnInfo) -> Vec<String> {
+    let tcp = conn.servers.iter().any(|s| matches!(s.host, Host::Tcp(_)));
+    if !tcp {
+        return vec![];
+    }
+    let why = match (conn.tls.mode, conn.tls.verification()) {
+        (SslMode::Disable, _) => "sends queries unencrypted",
+        (SslMode::Allow | SslMode::Prefer, _) => "may fall back to an unencrypted session",
+        (_, Verification::None) => "encrypts but does not check the server's certificate",
+        _ => return vec![],
+    };
+    let hint = match &conn.tls.rootcert {
+        Some(RootCert::File(_)) | Some(RootCert::System) => "use sslmode=verify-full",
+        None => "use sslmode=verify-full with sslrootcert",
+    };
+    vec![format!(
+        "target \"{name}\": sslmode={} {why}; {hint} in production",
+        conn.tls.mode
+    )]
+}
+
+/// Certificate and key files must exist now, so `check-config` catches a wrong path; they are
+/// read again whenever a pool is built.
+pub(super) fn check_tls_files(conn: &ConnInfo, key: &str, c: &mut Collector<'_>) {
+    let mut files = Vec::new();
+    if let Some(RootCert::File(p)) = &conn.tls.rootcert {
+        files.push(("sslrootcert", p));
+    }
+    if let Some(p) = &conn.tls.cert {
+        files.push(("sslcert", p));
+    }
+    for (what, path) in files {
+        if let Err(e) = std::fs::metadata(path) {
+            c.error(
+                key.to_string(),
+                format!(
+                    "{what} file {} cannot be read ({e}); fix: correct the path",
+                    path.display()
+                ),
+            );
+        }
+    }
+    if let Some(path) = &conn.tls.key {
+        match std::fs::metadata(path) {
+            Err(e) => c.error(
+                key.to_string(),
+                format!(
+                    "sslkey file {} cannot be read ({e}); fix: correct the path",
+                    path.display()
+                ),
+            ),
+            Ok(meta) => {
+                if let Err(e) =
+                    tls::check_key_permissions(path, &meta, rustix::process::geteuid().as_raw())
+                {
+                    c.error(key.to_string(), e.to_string());
+                }
+            }
+        }
+    }
+}

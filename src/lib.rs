@@ -1,0 +1,15 @@
+//! credswap: live, verified TLS PostgreSQL pools for the applications on a host, fed by
+//! rotating credentials.
+//!
+//! Where things are: [`config`] reads and validates the configuration, [`dsn`] parses
+//! connection strings, [`tls`] turns `sslmode` into a rustls configuration, [`pool`] builds and
+//! verifies pools, [`secret`] holds credentials, and [`cli`] is the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod dsn;
+pub mod pool;
+pub mod secret;
+pub mod tls;

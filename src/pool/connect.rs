@@ -1,0 +1,192 @@
+//! Opening one server connection the way libpq would: hosts tried in order, and for each host
+//! the TLS choices of its `sslmode` (`allow` tries plain first, `prefer` tries TLS first, and
+//! each falls back to the other when the server refuses).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::config::{SslMode as PgSslMode, TargetSessionAttrs};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::error::ConnectError;
+use crate::dsn::{ConnInfo, Host, Server, SessionAttrs};
+use crate::tls::SslMode;
+
+/// Everything needed to open a connection for one pool: fixed when the pool is built, so every
+/// connection of a pool uses the same credentials and TLS files.
+pub struct ConnectPlan {
+    conn: ConnInfo,
+    tls: Option<MakeRustlsConnect>,
+    username: String,
+    password: SecretString,
+    application_name: String,
+    options: Option<String>,
+    connect_timeout: Duration,
+}
+
+impl ConnectPlan {
+    /// `tls` is the rustls configuration built for `conn.tls` (`None` for `sslmode=disable`).
+    pub fn new(
+        conn: ConnInfo,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        username: String,
+        password: SecretString,
+        application_name: String,
+        statement_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        let mut options: Vec<String> = conn.options.iter().cloned().collect();
+        if !statement_timeout.is_zero() {
+            options.push(format!(
+                "-c statement_timeout={}",
+                statement_timeout.as_millis()
+            ));
+        }
+        ConnectPlan {
+            tls: tls.map(|c| MakeRustlsConnect::new((*c).clone())),
+            username,
+            password,
+            application_name,
+            options: (!options.is_empty()).then(|| options.join(" ")),
+            connect_timeout: conn.connect_timeout.unwrap_or(connect_timeout),
+            conn,
+        }
+    }
+
+    /// The sslmode this plan honours.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.conn.tls.mode
+    }
+
+    /// The login name.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The deadline for one host.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Tries each host in order; the error of the last host is returned when all fail.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let mut last = None;
+        for server in &self.conn.servers {
+            match self.connect_server(server).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("a connection string always names at least one server"))
+    }
+
+    async fn connect_server(&self, server: &Server) -> Result<Client, ConnectError> {
+        // libpq never uses TLS over a Unix socket, whatever the sslmode says.
+        if matches!(server.host, Host::Unix(_)) {
+            return self.attempt(server, PgSslMode::Disable).await;
+        }
+        match self.conn.tls.mode {
+            SslMode::Disable => self.attempt(server, PgSslMode::Disable).await,
+            SslMode::Allow => match self.attempt(server, PgSslMode::Disable).await {
+                Err(plain) if plain.is_server_refusal() => {
+                    self.attempt(server, PgSslMode::Require).await
+                }
+                other => other,
+            },
+            SslMode::Prefer => match self.attempt(server, PgSslMode::Prefer).await {
+                Err(tls) if tls.is_server_refusal() || tls.is_tls_failure() => self
+                    .attempt(server, PgSslMode::Disable)
+                    .await
+                    // When both fail, the TLS attempt's error is the one worth reading.
+                    .map_err(|_plain| tls),
+                other => other,
+            },
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                self.attempt(server, PgSslMode::Require).await
+            }
+        }
+    }
+
+    async fn attempt(&self, server: &Server, ssl: PgSslMode) -> Result<Client, ConnectError> {
+        let mut cfg = tokio_postgres::Config::new();
+        let host_name = match &server.host {
+            Host::Tcp(h) => {
+                cfg.host(h);
+                h.clone()
+            }
+            Host::Unix(dir) => {
+                cfg.host_path(dir);
+                dir.display().to_string()
+            }
+        };
+        cfg.port(server.port)
+            .user(&self.username)
+            .password(self.password.expose_secret())
+            .application_name(&self.application_name)
+            .connect_timeout(self.connect_timeout)
+            .ssl_mode(ssl)
+            .target_session_attrs(match self.conn.session_attrs {
+                SessionAttrs::Any => TargetSessionAttrs::Any,
+                SessionAttrs::ReadWrite => TargetSessionAttrs::ReadWrite,
+                SessionAttrs::ReadOnly => TargetSessionAttrs::ReadOnly,
+            });
+        if let Some(db) = &self.conn.dbname {
+            cfg.dbname(db);
+        }
+        if let Some(options) = &self.options {
+            cfg.options(options);
+        }
+        let label = format!("{}:{}", server.host, server.port);
+        let result = match (&self.tls, ssl) {
+            (Some(tls), PgSslMode::Require | PgSslMode::Prefer) => {
+                open(&cfg, tls.clone(), self.connect_timeout).await
+            }
+            _ => open(&cfg, NoTls, self.connect_timeout).await,
+        };
+        result.map_err(|e| match e {
+            Opened::Driver(e) => ConnectError::classify(
+                &e,
+                &label,
+                &host_name,
+                &self.username,
+                self.conn.tls.mode,
+                self.connect_timeout,
+            ),
+            Opened::Deadline => ConnectError::Timeout {
+                server: label,
+                after: self.connect_timeout,
+            },
+        })
+    }
+}
+
+enum Opened {
+    Driver(tokio_postgres::Error),
+    Deadline,
+}
+
+/// Connects and spawns the connection's I/O task, which ends when the client is dropped.
+async fn open<T>(cfg: &tokio_postgres::Config, tls: T, deadline: Duration) -> Result<Client, Opened>
+where
+    T: MakeTlsConnect<Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<Socket>>::Future: Send,
+{
+    // tokio-postgres applies connect_timeout to the TCP connect only; this deadline covers the
+    // TLS handshake and authentication too.
+    let (client, connection) =
+        tokio::time::timeout(deadline + Duration::from_millis(100), cfg.connect(tls))
+            .await
+            .map_err(|_| Opened::Deadline)?
+            .map_err(Opened::Driver)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "server connection closed with an error");
+        }
+    });
+    Ok(client)
+}
