@@ -121,6 +121,9 @@ impl ConnectError {
                     },
                 };
             }
+            if e.to_string().contains("server does not support TLS") {
+                return ConnectError::TlsNotSupported { server, mode };
+            }
             if let Some(io) = e.downcast_ref::<io::Error>() {
                 if io.kind() == io::ErrorKind::TimedOut {
                     return ConnectError::Timeout {
@@ -132,9 +135,7 @@ impl ConnectError {
             cause = e.source();
         }
         let text = err.to_string();
-        if text.contains("server does not support TLS") {
-            ConnectError::TlsNotSupported { server, mode }
-        } else if text.contains("TLS") {
+        if text.contains("TLS") {
             ConnectError::Tls {
                 server,
                 detail: text,

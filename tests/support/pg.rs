@@ -1,0 +1,307 @@
+//! Throwaway PostgreSQL clusters on free loopback ports, with TLS and SCRAM.
+//!
+//! `initdb` runs once per cache into a template (it refuses root, so as the `postgres` user when
+//! we are root); each cluster copies the template, writes its own `postgresql.conf` and
+//! `pg_hba.conf`, and starts with `pg_ctl -w`. A cluster stops when its handle is dropped, also
+//! while a test panics. `dev/test` kills clusters orphaned by a killed test process (their data
+//! directories start with `credswap-test-pg-`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::pki::Pki;
+
+/// A running cluster.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    tls: bool,
+}
+
+/// Where `initdb`, `pg_ctl` and `postgres` live.
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|b| b.join("initdb").exists())
+        .expect(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: \
+             apt-get install postgresql (dev/test does this), or set PG_BIN",
+        )
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a PostgreSQL program, as the `postgres` user when we are root.
+fn pg_command(program: &str) -> Command {
+    let path = bin_dir().join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn give_to_postgres(path: &Path) {
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .expect("chown runs");
+        assert!(
+            status.success(),
+            "chown -R postgres {} failed",
+            path.display()
+        );
+    }
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Cache {
+    template: PathBuf,
+    pki: Pki,
+}
+
+/// The template data directory and the PKI, made once and shared by all test processes.
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("credswap-pg-cache-v1");
+        let ready = root.join("ready");
+        if !ready.exists() {
+            let staging = PathBuf::from(format!("{}.{}", root.display(), std::process::id()));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).unwrap();
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Pki::generate(&staging.join("pki"));
+            let data = staging.join("data");
+            std::fs::create_dir_all(&data).unwrap();
+            give_to_postgres(&data);
+            let mut initdb = pg_command("initdb");
+            initdb.arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C.UTF-8",
+            ]);
+            run(initdb, "initdb");
+            std::fs::write(staging.join("ready"), "").unwrap();
+            // Another test process may have won the race; either copy is good.
+            if std::fs::rename(&staging, &root).is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+        }
+        assert!(
+            ready.exists(),
+            "test cluster cache {} is incomplete",
+            root.display()
+        );
+        Cache {
+            template: root.join("data"),
+            pki: Pki {
+                dir: root.join("pki"),
+            },
+        }
+    })
+}
+
+/// The test PKI (CA, server and client certificates).
+pub fn pki() -> &'static Pki {
+    &cache().pki
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// A cluster with `ssl=on`: `hostssl` SCRAM for everyone, a client certificate required for
+    /// `certuser`, and `hostnossl ... reject`. Listens on 127.0.0.1 and 127.0.0.2; the server
+    /// certificate names only `localhost` and `127.0.0.1`.
+    pub fn start_tls() -> Cluster {
+        Self::start(true)
+    }
+
+    /// A cluster with `ssl=off` and SCRAM over plain TCP, for the `allow`/`prefer` cases.
+    pub fn start_plain() -> Cluster {
+        Self::start(false)
+    }
+
+    fn start(tls: bool) -> Cluster {
+        let cache = cache();
+        let dir = tempfile::Builder::new()
+            .prefix("credswap-test-pg-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        run(
+            {
+                let mut c = Command::new("cp");
+                c.arg("-a").arg(&cache.template).arg(&data);
+                c
+            },
+            "copy the template cluster",
+        );
+        for (from, to) in [
+            (cache.pki.server_cert(), "server.crt"),
+            (cache.pki.server_key(), "server.key"),
+            (cache.pki.ca_cert(), "ca.crt"),
+        ] {
+            std::fs::copy(from, data.join(to)).unwrap();
+        }
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let hba = if tls {
+            "local all postgres trust\n\
+             hostssl all certuser 127.0.0.0/8 scram-sha-256 clientcert=verify-full\n\
+             hostssl all all 127.0.0.0/8 scram-sha-256\n\
+             hostnossl all all 127.0.0.0/8 reject\n"
+        } else {
+            "local all postgres trust\n\
+             host all all 127.0.0.0/8 scram-sha-256\n"
+        };
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        give_to_postgres(dir.path());
+
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = format!(
+                "listen_addresses = '127.0.0.1,127.0.0.2'\nport = {port}\n\
+                 unix_socket_directories = '{}'\nssl = {}\nssl_cert_file = 'server.crt'\n\
+                 ssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n\
+                 password_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\n\
+                 full_page_writes = off\nshared_buffers = 16MB\nmax_connections = 200\n\
+                 log_min_messages = warning\n",
+                dir.path().display(),
+                if tls { "on" } else { "off" },
+            );
+            std::fs::write(data.join("postgresql.auto.conf"), conf).unwrap();
+            let log = dir.path().join("server.log");
+            let out = pg_command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "30", "start"])
+                .output()
+                .expect("pg_ctl runs");
+            if out.status.success() {
+                return Cluster { dir, port, tls };
+            }
+            last_error = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        panic!("PostgreSQL did not start:\n{last_error}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A connection string to this cluster's `postgres` database, without credentials.
+    pub fn url(&self, host: &str, params: &str) -> String {
+        let sep = if params.is_empty() { "" } else { "?" };
+        format!("postgresql://{host}:{}/postgres{sep}{params}", self.port)
+    }
+
+    /// A superuser session over the Unix socket (trust auth).
+    pub async fn admin(&self) -> Client {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(self.dir.path())
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect(NoTls)
+            .await
+            .expect("admin connection over the Unix socket");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Creates a login role; the password travels as a SCRAM verifier computed here.
+    pub async fn create_role(&self, name: &str, password: &str) {
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "CREATE ROLE \"{name}\" LOGIN PASSWORD '{verifier}'"
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Changes a role's password (SCRAM verifier computed here, no plaintext on the wire).
+    pub async fn set_password(&self, name: &str, password: &str) {
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        self.admin()
+            .await
+            .batch_execute(&format!("ALTER ROLE \"{name}\" PASSWORD '{verifier}'"))
+            .await
+            .unwrap();
+    }
+
+    /// The server log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
