@@ -46,7 +46,7 @@ fn defaults_are_filled_in() {
     assert_eq!(c.api.socket, PathBuf::from("/run/credswap/credswap.sock"));
     assert_eq!(c.api.socket_mode, 0o660);
     assert_eq!(c.api.admin_uids, vec![0]);
-    assert!(matches!(&t.source, Source::File { path } if path.ends_with("app-rw.json")));
+    assert!(matches!(&t.source, Source::File(f) if f.path.ends_with("app-rw.json")));
     assert_eq!(
         c.warnings,
         vec!["target \"app_rw\": sslmode=require encrypts but does not check the server's certificate; use sslmode=verify-full with sslrootcert in production"]
@@ -89,7 +89,7 @@ fn wrong_type_and_missing_key() {
     );
     assert_eq!(
         e,
-        vec!["/etc/credswap/credswap.toml:4:19: target[0].source.kind: unknown variant `carrier-pigeon`, expected `file`"]
+        vec!["/etc/credswap/credswap.toml:4:19: target[0].source.kind: unknown variant `carrier-pigeon`, expected one of `file`, `aws`, `vault`"]
     );
 }
 

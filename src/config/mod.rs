@@ -22,6 +22,9 @@ pub use render::render_effective;
 pub use types::{ApiConfig, PoolSettings, SourceConfig};
 
 use crate::dsn::ConnInfo;
+use crate::secret::aws::AwsSourceConfig;
+use crate::secret::file::FileSourceConfig;
+use crate::secret::vault::VaultSourceConfig;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -57,7 +60,11 @@ pub struct Target {
 #[derive(Clone, Debug)]
 pub enum Source {
     /// A file of credentials (JSON or KEY=VALUE).
-    File { path: PathBuf },
+    File(FileSourceConfig),
+    /// AWS Secrets Manager.
+    Aws(AwsSourceConfig),
+    /// Vault or OpenBao.
+    Vault(VaultSourceConfig),
     /// `DATABASE_URL` with a password: for local development only.
     Development {
         username: String,

@@ -5,6 +5,9 @@ use serde::Serialize;
 use super::duration;
 use super::types::PoolSettings;
 use super::{Config, Source};
+use crate::secret::aws::AwsSourceConfig;
+use crate::secret::file::FileSourceConfig;
+use crate::secret::vault::VaultSourceConfig;
 
 #[derive(Serialize)]
 struct Effective<'a> {
@@ -32,9 +35,9 @@ struct EffectiveTarget<'a> {
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum EffectiveSource {
-    File {
-        path: String,
-    },
+    File(FileSourceConfig),
+    Aws(AwsSourceConfig),
+    Vault(VaultSourceConfig),
     Development {
         username: String,
         password: &'static str,
@@ -60,9 +63,9 @@ pub fn render_effective(config: &Config) -> String {
                 drain_timeout: duration::format(t.drain_timeout),
                 pool: &t.pool,
                 source: match &t.source {
-                    Source::File { path } => EffectiveSource::File {
-                        path: path.display().to_string(),
-                    },
+                    Source::File(f) => EffectiveSource::File(f.clone()),
+                    Source::Aws(a) => EffectiveSource::Aws(a.clone()),
+                    Source::Vault(v) => EffectiveSource::Vault(v.clone()),
                     Source::Development { username, .. } => EffectiveSource::Development {
                         username: username.clone(),
                         password: "[redacted]",

@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
+use crate::secret::aws::AwsSourceConfig;
+use crate::secret::file::FileSourceConfig;
+use crate::secret::vault::VaultSourceConfig;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -80,10 +83,14 @@ fn default_drain() -> Duration {
 
 /// Where a target's credentials come from.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// A JSON or KEY=VALUE file; `$CREDENTIALS_DIRECTORY` is honoured for relative paths.
-    File { path: PathBuf },
+    File(FileSourceConfig),
+    /// AWS Secrets Manager.
+    Aws(AwsSourceConfig),
+    /// HashiCorp Vault or OpenBao.
+    Vault(VaultSourceConfig),
 }
 
 /// Pool limits and timeouts, with the defaults a web application would pick.

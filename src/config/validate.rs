@@ -111,9 +111,7 @@ pub fn validate(
                 pool: t.pool.clone(),
                 refresh_interval: t.refresh_interval,
                 drain_timeout: t.drain_timeout,
-                source: match &t.source {
-                    SourceConfig::File { path } => Source::File { path: path.clone() },
-                },
+                source: check_source(&t.source, &format!("{at}.source"), &mut c),
             });
         }
     }
@@ -314,5 +312,73 @@ pub(super) fn check_tls_files(conn: &ConnInfo, key: &str, c: &mut Collector<'_>)
                 }
             }
         }
+    }
+}
+
+fn check_source(source: &SourceConfig, at: &str, c: &mut Collector<'_>) -> Source {
+    match source {
+        SourceConfig::File(f) => {
+            if f.path.as_os_str().is_empty() {
+                c.error(format!("{at}.path"), "is empty; fix: give the credentials file's path");
+            }
+            Source::File(f.clone())
+        }
+        SourceConfig::Aws(a) => {
+            if a.secret_id.trim().is_empty() {
+                c.error(format!("{at}.secret_id"), "is empty; fix: give the secret's name or ARN");
+            }
+            if let Some(url) = &a.endpoint_url {
+                check_http_url(url, &format!("{at}.endpoint_url"), c);
+            }
+            if a.timeout.is_zero() {
+                c.error(format!("{at}.timeout"), "must be more than zero; fix: give a duration such as \"5s\"");
+            }
+            Source::Aws(a.clone())
+        }
+        SourceConfig::Vault(v) => {
+            check_http_url(&v.address, &format!("{at}.address"), c);
+            let (key, value) = if v.engine.uses_role() {
+                ("role", &v.role)
+            } else {
+                ("path", &v.path)
+            };
+            if value.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                c.error(
+                    format!("{at}.{key}"),
+                    format!("is required for engine \"{}\"; fix: set {key}", engine_name(v.engine)),
+                );
+            }
+            let other = if v.engine.uses_role() { ("path", &v.path) } else { ("role", &v.role) };
+            if other.1.is_some() {
+                c.error(
+                    format!("{at}.{}", other.0),
+                    format!("does not apply to engine \"{}\"; fix: use {key}", engine_name(v.engine)),
+                );
+            }
+            if v.timeout.is_zero() {
+                c.error(format!("{at}.timeout"), "must be more than zero; fix: give a duration such as \"5s\"");
+            }
+            Source::Vault(v.clone())
+        }
+    }
+}
+
+fn engine_name(e: crate::secret::vault::VaultEngine) -> &'static str {
+    use crate::secret::vault::VaultEngine::*;
+    match e {
+        Kv2 => "kv2",
+        Kv1 => "kv1",
+        Database => "database",
+        DatabaseStatic => "database-static",
+    }
+}
+
+fn check_http_url(value: &str, key: &str, c: &mut Collector<'_>) {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        _ => c.error(
+            key.to_string(),
+            format!("\"{value}\" is not an http(s) URL; fix: write it like https://vault.internal:8200"),
+        ),
     }
 }
