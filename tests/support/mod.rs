@@ -2,8 +2,10 @@
 //! canary secrets whose appearance anywhere in output is a leak.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod pg;
 pub mod pki;
+pub mod servers;
 
 /// A password no output may ever contain.
 pub const CANARY_PASSWORD: &str = "canary-pw-7f3e9b1c";
