@@ -172,6 +172,12 @@ pub enum TlsError {
     },
 }
 
+/// Installs aws-lc-rs as the process-wide rustls provider, for the HTTP clients (Vault) that
+/// build their TLS from it. Idempotent.
+pub fn install_default_provider() {
+    let _ = aws_lc_rs::default_provider().install_default();
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }

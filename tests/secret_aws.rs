@@ -23,7 +23,9 @@ fn cfg(moto: &Moto, secret_id: &str) -> AwsSourceConfig {
 }
 
 fn rds(user: &str, password: &str) -> String {
-    format!(r#"{{"engine":"postgres","host":"db.internal","port":5432,"dbname":"app","username":"{user}","password":"{password}"}}"#)
+    format!(
+        r#"{{"engine":"postgres","host":"db.internal","port":5432,"dbname":"app","username":"{user}","password":"{password}"}}"#
+    )
 }
 
 #[tokio::test]
@@ -86,34 +88,83 @@ async fn errors() {
     let moto = Moto::start();
     let sm = moto.client().await;
 
-    let err = AwsSource::new(&cfg(&moto, "no/such/secret")).await.fetch(Stage::Current).await.unwrap_err();
-    assert_eq!(err, SecretError::NotFound { what: "aws secret no/such/secret (AWSCURRENT)".into() });
+    let err = AwsSource::new(&cfg(&moto, "no/such/secret"))
+        .await
+        .fetch(Stage::Current)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SecretError::NotFound {
+            what: "aws secret no/such/secret (AWSCURRENT)".into()
+        }
+    );
     assert!(!err.retryable());
 
     for (name, text, want) in [
-        ("m1", format!(r#"{{"password":"{CANARY_PASSWORD}"}}"#), "missing key \"username\""),
-        ("m2", r#"{"username":"app"}"#.to_string(), "missing key \"password\""),
-        ("m3", format!("password={CANARY_PASSWORD}"), "not valid JSON"),
+        (
+            "m1",
+            format!(r#"{{"password":"{CANARY_PASSWORD}"}}"#),
+            "missing key \"username\"",
+        ),
+        (
+            "m2",
+            r#"{"username":"app"}"#.to_string(),
+            "missing key \"password\"",
+        ),
+        (
+            "m3",
+            format!("password={CANARY_PASSWORD}"),
+            "not valid JSON",
+        ),
     ] {
-        sm.create_secret().name(name).secret_string(&text).send().await.unwrap();
-        let err = AwsSource::new(&cfg(&moto, name)).await.fetch(Stage::Current).await.unwrap_err();
+        sm.create_secret()
+            .name(name)
+            .secret_string(&text)
+            .send()
+            .await
+            .unwrap();
+        let err = AwsSource::new(&cfg(&moto, name))
+            .await
+            .fetch(Stage::Current)
+            .await
+            .unwrap_err();
         match &err {
-            SecretError::Malformed { detail, .. } => assert!(detail.contains(want), "{name}: {detail}"),
+            SecretError::Malformed { detail, .. } => {
+                assert!(detail.contains(want), "{name}: {detail}")
+            }
             other => panic!("{name}: {other:?}"),
         }
         support::assert_no_canary("malformed error", &format!("{err} {err:?}"));
     }
 
     // No AWSPENDING version.
-    sm.create_secret().name("ok").secret_string(rds("app", "x")).send().await.unwrap();
-    let err = AwsSource::new(&cfg(&moto, "ok")).await.fetch(Stage::Pending).await.unwrap_err();
+    sm.create_secret()
+        .name("ok")
+        .secret_string(rds("app", "x"))
+        .send()
+        .await
+        .unwrap();
+    let err = AwsSource::new(&cfg(&moto, "ok"))
+        .await
+        .fetch(Stage::Pending)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SecretError::NotFound { .. }), "{err:?}");
 
     // Nothing listens there: unavailable, and worth retrying.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut c = cfg(&moto, "ok");
     c.endpoint_url = Some(format!("http://127.0.0.1:{dead}"));
-    let err = AwsSource::new(&c).await.fetch(Stage::Current).await.unwrap_err();
+    let err = AwsSource::new(&c)
+        .await
+        .fetch(Stage::Current)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SecretError::Unavailable { .. }), "{err:?}");
     assert!(err.retryable());
     support::assert_no_canary("logs", &support::logs::captured());

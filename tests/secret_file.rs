@@ -30,7 +30,10 @@ async fn json_and_key_value() {
     support::logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("c.json");
-    write(&json, &format!(r#"{{"username":"app","password":"{CANARY_PASSWORD}","host":"db2","port":6432}}"#));
+    write(
+        &json,
+        &format!(r#"{{"username":"app","password":"{CANARY_PASSWORD}","host":"db2","port":6432}}"#),
+    );
     let src = FileSource::new(&cfg(&json)).unwrap();
     let c = src.fetch(Stage::Current).await.unwrap();
     assert_eq!(c.username, "app");
@@ -42,11 +45,18 @@ async fn json_and_key_value() {
 
     let env = dir.path().join("c.env");
     write(&env, &format!("username=app\npassword={CANARY_PASSWORD}\n"));
-    let c2 = FileSource::new(&cfg(&env)).unwrap().fetch(Stage::Current).await.unwrap();
+    let c2 = FileSource::new(&cfg(&env))
+        .unwrap()
+        .fetch(Stage::Current)
+        .await
+        .unwrap();
     assert_eq!(c2.password.expose_secret(), CANARY_PASSWORD);
 
     // Stages other than the current one do not exist for a file.
-    assert!(matches!(src.fetch(Stage::Pending).await, Err(SecretError::Unsupported { .. })));
+    assert!(matches!(
+        src.fetch(Stage::Pending).await,
+        Err(SecretError::Unsupported { .. })
+    ));
 
     support::assert_no_canary("Debug of credentials", &format!("{c:?} {c2:?} {src:?}"));
     support::assert_no_canary("logs", &support::logs::captured());
@@ -55,22 +65,36 @@ async fn json_and_key_value() {
 #[tokio::test]
 async fn systemd_credentials_directory() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("app-rw"), &format!(r#"{{"username":"app","password":"{CANARY_PASSWORD}"}}"#));
+    write(
+        &dir.path().join("app-rw"),
+        &format!(r#"{{"username":"app","password":"{CANARY_PASSWORD}"}}"#),
+    );
     let relative = cfg(Path::new("app-rw"));
     let src = FileSource::with_credentials_dir(&relative, Some(dir.path().to_path_buf())).unwrap();
     assert_eq!(src.path(), dir.path().join("app-rw"));
     assert_eq!(src.fetch(Stage::Current).await.unwrap().username, "app");
     let err = FileSource::with_credentials_dir(&relative, None).unwrap_err();
-    assert!(err.to_string().contains("$CREDENTIALS_DIRECTORY, which is not set"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("$CREDENTIALS_DIRECTORY, which is not set"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn refusals() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json");
-    write(&path, &format!(r#"{{"username":"app","password":"{CANARY_PASSWORD}"}}"#));
+    write(
+        &path,
+        &format!(r#"{{"username":"app","password":"{CANARY_PASSWORD}"}}"#),
+    );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = FileSource::new(&cfg(&path)).unwrap().fetch(Stage::Current).await.unwrap_err();
+    let err = FileSource::new(&cfg(&path))
+        .unwrap()
+        .fetch(Stage::Current)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -79,11 +103,31 @@ async fn refusals() {
         )
     );
     assert!(!err.retryable());
-    let missing = FileSource::new(&cfg(&dir.path().join("nope"))).unwrap().fetch(Stage::Current).await.unwrap_err();
-    assert!(matches!(missing, SecretError::NotFound { .. }), "{missing:?}");
-    write(&path, &format!(r#"{{"user":"app","password":"{CANARY_PASSWORD}"}}"#));
-    let bad = FileSource::new(&cfg(&path)).unwrap().fetch(Stage::Current).await.unwrap_err();
-    assert_eq!(bad.to_string(), format!("credentials file {} is malformed: missing key \"username\"", path.display()));
+    let missing = FileSource::new(&cfg(&dir.path().join("nope")))
+        .unwrap()
+        .fetch(Stage::Current)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, SecretError::NotFound { .. }),
+        "{missing:?}"
+    );
+    write(
+        &path,
+        &format!(r#"{{"user":"app","password":"{CANARY_PASSWORD}"}}"#),
+    );
+    let bad = FileSource::new(&cfg(&path))
+        .unwrap()
+        .fetch(Stage::Current)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bad.to_string(),
+        format!(
+            "credentials file {} is malformed: missing key \"username\"",
+            path.display()
+        )
+    );
 }
 
 #[tokio::test]
@@ -117,7 +161,9 @@ async fn a_change_is_noticed_by_write_and_by_rename() {
     let same = std::fs::read(&path).unwrap();
     std::fs::write(&path, same).unwrap();
     assert!(
-        tokio::time::timeout(Duration::from_millis(800), src.changed()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(800), src.changed())
+            .await
+            .is_err(),
         "the same content must not count as a change"
     );
 }

@@ -319,19 +319,28 @@ fn check_source(source: &SourceConfig, at: &str, c: &mut Collector<'_>) -> Sourc
     match source {
         SourceConfig::File(f) => {
             if f.path.as_os_str().is_empty() {
-                c.error(format!("{at}.path"), "is empty; fix: give the credentials file's path");
+                c.error(
+                    format!("{at}.path"),
+                    "is empty; fix: give the credentials file's path",
+                );
             }
             Source::File(f.clone())
         }
         SourceConfig::Aws(a) => {
             if a.secret_id.trim().is_empty() {
-                c.error(format!("{at}.secret_id"), "is empty; fix: give the secret's name or ARN");
+                c.error(
+                    format!("{at}.secret_id"),
+                    "is empty; fix: give the secret's name or ARN",
+                );
             }
             if let Some(url) = &a.endpoint_url {
                 check_http_url(url, &format!("{at}.endpoint_url"), c);
             }
             if a.timeout.is_zero() {
-                c.error(format!("{at}.timeout"), "must be more than zero; fix: give a duration such as \"5s\"");
+                c.error(
+                    format!("{at}.timeout"),
+                    "must be more than zero; fix: give a duration such as \"5s\"",
+                );
             }
             Source::Aws(a.clone())
         }
@@ -345,18 +354,31 @@ fn check_source(source: &SourceConfig, at: &str, c: &mut Collector<'_>) -> Sourc
             if value.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 c.error(
                     format!("{at}.{key}"),
-                    format!("is required for engine \"{}\"; fix: set {key}", engine_name(v.engine)),
+                    format!(
+                        "is required for engine \"{}\"; fix: set {key}",
+                        engine_name(v.engine)
+                    ),
                 );
             }
-            let other = if v.engine.uses_role() { ("path", &v.path) } else { ("role", &v.role) };
+            let other = if v.engine.uses_role() {
+                ("path", &v.path)
+            } else {
+                ("role", &v.role)
+            };
             if other.1.is_some() {
                 c.error(
                     format!("{at}.{}", other.0),
-                    format!("does not apply to engine \"{}\"; fix: use {key}", engine_name(v.engine)),
+                    format!(
+                        "does not apply to engine \"{}\"; fix: use {key}",
+                        engine_name(v.engine)
+                    ),
                 );
             }
             if v.timeout.is_zero() {
-                c.error(format!("{at}.timeout"), "must be more than zero; fix: give a duration such as \"5s\"");
+                c.error(
+                    format!("{at}.timeout"),
+                    "must be more than zero; fix: give a duration such as \"5s\"",
+                );
             }
             Source::Vault(v.clone())
         }
@@ -378,7 +400,9 @@ fn check_http_url(value: &str, key: &str, c: &mut Collector<'_>) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
         _ => c.error(
             key.to_string(),
-            format!("\"{value}\" is not an http(s) URL; fix: write it like https://vault.internal:8200"),
+            format!(
+                "\"{value}\" is not an http(s) URL; fix: write it like https://vault.internal:8200"
+            ),
         ),
     }
 }

@@ -141,12 +141,12 @@ impl SecretSource for AwsSource {
                 .map_err(|e| map_error(e, what.clone()))?;
             let text = match (out.secret_string(), out.secret_binary()) {
                 (Some(s), _) => s.to_string(),
-                (None, Some(b)) => String::from_utf8(b.as_ref().to_vec()).map_err(|_| {
-                    SecretError::Malformed {
+                (None, Some(b)) => {
+                    String::from_utf8(b.as_ref().to_vec()).map_err(|_| SecretError::Malformed {
                         what: what.clone(),
                         detail: "SecretBinary is not UTF-8 text".into(),
-                    }
-                })?,
+                    })?
+                }
                 (None, None) => {
                     return Err(SecretError::Malformed {
                         what,

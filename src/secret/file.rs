@@ -85,7 +85,10 @@ pub struct FileSource {
 impl FileSource {
     /// Resolves a relative path against `$CREDENTIALS_DIRECTORY`.
     pub fn new(cfg: &FileSourceConfig) -> Result<FileSource, SecretError> {
-        Self::with_credentials_dir(cfg, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+        Self::with_credentials_dir(
+            cfg,
+            std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        )
     }
 
     /// As [`FileSource::new`], with the credentials directory given.
@@ -127,7 +130,9 @@ impl FileSource {
     }
 
     async fn read(&self) -> Result<(String, Stamp), SecretError> {
-        let meta = tokio::fs::metadata(&self.path).await.map_err(|e| self.io_error(e))?;
+        let meta = tokio::fs::metadata(&self.path)
+            .await
+            .map_err(|e| self.io_error(e))?;
         let mode = meta.mode() & 0o777;
         if mode & 0o007 != 0 {
             return Err(SecretError::AccessDenied {
@@ -138,7 +143,9 @@ impl FileSource {
                 ),
             });
         }
-        let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| self.io_error(e))?;
+        let text = tokio::fs::read_to_string(&self.path)
+            .await
+            .map_err(|e| self.io_error(e))?;
         Ok((text, Stamp::of(&meta)))
     }
 
@@ -157,7 +164,9 @@ impl FileSource {
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, (Option<String>, Option<Stamp>)> {
-        self.seen.lock().expect("the lock is never held across a panic")
+        self.seen
+            .lock()
+            .expect("the lock is never held across a panic")
     }
 }
 

@@ -77,6 +77,14 @@ impl Lease {
     }
 }
 
+/// When to fetch the next credentials for a lease: at a random 85–95 % of its TTL, as Vault
+/// Agent does, so many daemons do not all come back at once and the new credentials are in
+/// place before the old ones expire.
+pub fn lease_refresh_at(lease: &Lease) -> SystemTime {
+    let fraction = rand::random_range(0.85..=0.95);
+    lease.issued_at + lease.ttl.mul_f64(fraction)
+}
+
 /// Connection details carried by the secret, which win over the target's url.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {

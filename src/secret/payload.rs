@@ -41,8 +41,8 @@ fn malformed(what: &str, detail: impl Into<String>) -> SecretError {
 /// `host`, `port`, `dbname`.
 pub fn from_json_text(text: &str, keys: &KeyNames, what: &str) -> Result<Parsed, SecretError> {
     // serde_json's syntax errors give a position, never the text around it.
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| malformed(what, format!("not valid JSON ({e})")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| malformed(what, format!("not valid JSON ({e})")))?;
     from_json(&value, keys, what)
 }
 
@@ -146,7 +146,12 @@ mod tests {
             username: "DB_USER".into(),
             password: "DB_PASS".into(),
         };
-        let p = from_auto(&format!("# c\nDB_USER=app\nexport DB_PASS=\"{CANARY}\"\n"), &keys, "f").unwrap();
+        let p = from_auto(
+            &format!("# c\nDB_USER=app\nexport DB_PASS=\"{CANARY}\"\n"),
+            &keys,
+            "f",
+        )
+        .unwrap();
         assert_eq!(p.username, "app");
         assert_eq!(p.password.expose_secret(), CANARY);
     }
@@ -155,21 +160,42 @@ mod tests {
     fn errors_name_keys_not_values() {
         let keys = KeyNames::default();
         let cases = [
-            (format!(r#"{{"password":"{CANARY}"}}"#), "s is malformed: missing key \"username\""),
-            (r#"{"username":"u"}"#.to_string(), "s is malformed: missing key \"password\""),
-            (format!(r#"{{"username":5,"password":"{CANARY}"}}"#), "s is malformed: key \"username\" is not a string"),
-            (format!(r#"{{"username":"u","password":"{CANARY}","port":"x"}}"#), "s is malformed: key \"port\" is not a port number"),
-            (format!(r#"["{CANARY}"]"#), "s is malformed: expected a JSON object"),
+            (
+                format!(r#"{{"password":"{CANARY}"}}"#),
+                "s is malformed: missing key \"username\"",
+            ),
+            (
+                r#"{"username":"u"}"#.to_string(),
+                "s is malformed: missing key \"password\"",
+            ),
+            (
+                format!(r#"{{"username":5,"password":"{CANARY}"}}"#),
+                "s is malformed: key \"username\" is not a string",
+            ),
+            (
+                format!(r#"{{"username":"u","password":"{CANARY}","port":"x"}}"#),
+                "s is malformed: key \"port\" is not a port number",
+            ),
+            (
+                format!(r#"["{CANARY}"]"#),
+                "s is malformed: expected a JSON object",
+            ),
         ];
         for (text, want) in cases {
             let e = from_json_text(&text, &keys, "s").err().unwrap();
             assert_eq!(e.to_string(), want);
         }
-        let e = from_json_text(&format!(r#"{{"username":"u","password":"{CANARY}""#), &keys, "s")
+        let e = from_json_text(
+            &format!(r#"{{"username":"u","password":"{CANARY}""#),
+            &keys,
+            "s",
+        )
+        .err()
+        .unwrap();
+        assert!(!e.to_string().contains(CANARY), "{e}");
+        let e = from_key_value(&format!("{CANARY}\n"), &keys, "f")
             .err()
             .unwrap();
-        assert!(!e.to_string().contains(CANARY), "{e}");
-        let e = from_key_value(&format!("{CANARY}\n"), &keys, "f").err().unwrap();
         assert_eq!(e.to_string(), "f is malformed: line 1 is not KEY=VALUE");
     }
 }

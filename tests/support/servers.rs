@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 pub const BAO_ROOT_TOKEN: &str = "canary-root-token-5d2a91";
 
 fn venv_bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
     assert!(
         path.exists(),
         "{} is missing: run dev/setup (it installs dev/requirements.txt into .venv)",
@@ -21,7 +23,11 @@ fn venv_bin(name: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `url` answers 200, or panics with the server's output.
@@ -34,7 +40,10 @@ fn wait_ready(child: &mut Child, url: &str, what: &str) {
         if probe::get_ok(url) {
             return;
         }
-        assert!(Instant::now() < deadline, "{what} did not become ready at {url} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready at {url} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -74,7 +83,11 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server starts");
-        wait_ready(&mut child, &format!("http://127.0.0.1:{port}/moto-api/"), "moto_server");
+        wait_ready(
+            &mut child,
+            &format!("http://127.0.0.1:{port}/moto-api/"),
+            "moto_server",
+        );
         // The SDK reads these from the environment; the values mean nothing to moto.
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
@@ -106,7 +119,11 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server starts");
-        wait_ready(&mut child, &format!("http://127.0.0.1:{}/moto-api/", self.port), "moto_server");
+        wait_ready(
+            &mut child,
+            &format!("http://127.0.0.1:{}/moto-api/", self.port),
+            "moto_server",
+        );
         self.child = child;
     }
 
@@ -149,7 +166,12 @@ impl Bao {
             .stderr(Stdio::null())
             .spawn()
             .expect("the OpenBao server starts");
-        wait_ready(&mut child, &format!("http://127.0.0.1:{port}/v1/sys/health"), "OpenBao");
+        wait_ready(
+            &mut child,
+            &format!("http://127.0.0.1:{port}/v1/sys/health"),
+            "OpenBao",
+        );
+        credswap::tls::install_default_provider();
         Bao {
             child,
             port,
@@ -195,25 +217,47 @@ impl Bao {
 
     /// Writes a KV v2 secret and returns its version.
     pub async fn kv2_put(&self, path: &str, data: Value) -> u64 {
-        let r = self.call("POST", &format!("secret/data/{path}"), Some(json!({ "data": data }))).await;
+        let r = self
+            .call(
+                "POST",
+                &format!("secret/data/{path}"),
+                Some(json!({ "data": data })),
+            )
+            .await;
         r["data"]["version"].as_u64().unwrap()
     }
 
     /// Mounts KV v1 at `kv1/`.
     pub async fn enable_kv1(&self) {
-        self.call("POST", "sys/mounts/kv1", Some(json!({"type": "kv", "options": {"version": "1"}}))).await;
+        self.call(
+            "POST",
+            "sys/mounts/kv1",
+            Some(json!({"type": "kv", "options": {"version": "1"}})),
+        )
+        .await;
     }
 
     /// Enables AppRole with `role` bound to `policy`; returns (role_id, secret_id).
     pub async fn approle(&self, role: &str, policy: &str, token_ttl: &str) -> (String, String) {
-        let _ = self.call_with(BAO_ROOT_TOKEN, "POST", "sys/auth/approle", Some(json!({"type": "approle"}))).await;
+        let _ = self
+            .call_with(
+                BAO_ROOT_TOKEN,
+                "POST",
+                "sys/auth/approle",
+                Some(json!({"type": "approle"})),
+            )
+            .await;
         self.call(
             "POST",
             &format!("auth/approle/role/{role}"),
-            Some(json!({"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": "1h"})),
+            Some(
+                json!({"token_policies": [policy], "token_ttl": token_ttl, "token_max_ttl": "1h"}),
+            ),
         )
         .await;
-        let role_id = self.call("GET", &format!("auth/approle/role/{role}/role-id"), None).await["data"]["role_id"]
+        let role_id = self
+            .call("GET", &format!("auth/approle/role/{role}/role-id"), None)
+            .await["data"]["role_id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -226,9 +270,34 @@ impl Bao {
         (role_id, secret_id)
     }
 
+    /// Calls `path` asking for a response-wrapped answer; returns the wrapping token.
+    pub async fn http_wrapped(&self, method: &str, path: &str, ttl: &str) -> String {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp: Value = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.address()))
+            .header("X-Vault-Token", BAO_ROOT_TOKEN)
+            .header("X-Vault-Wrap-TTL", ttl)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["wrap_info"]["token"]
+            .as_str()
+            .expect("a wrapped response")
+            .to_string()
+    }
+
     /// A policy named `name` with `hcl` rules.
     pub async fn policy(&self, name: &str, hcl: &str) {
-        self.call("PUT", &format!("sys/policies/acl/{name}"), Some(json!({ "policy": hcl }))).await;
+        self.call(
+            "PUT",
+            &format!("sys/policies/acl/{name}"),
+            Some(json!({ "policy": hcl })),
+        )
+        .await;
     }
 
     /// A child token with `policy` and a TTL; returns the token.

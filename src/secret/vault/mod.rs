@@ -128,7 +128,11 @@ impl VaultSource {
                             .path(name.clone())
                             .build()
                             .expect("mount and path are set");
-                        async move { vaultrs::api::exec_with_result(&*client, req).await.map_err(map) }
+                        async move {
+                            vaultrs::api::exec_with_result(&*client, req)
+                                .await
+                                .map_err(map)
+                        }
                     })
                     .await?;
                 let p = payload::from_json(&resp.data, &self.keys(), &what)?;
@@ -145,7 +149,11 @@ impl VaultSource {
                 let resp = self
                     .with_relogin(|client| {
                         let (mount, name) = (mount.clone(), name.clone());
-                        async move { vaultrs::kv1::get_raw(&*client, &mount, &name).await.map_err(map) }
+                        async move {
+                            vaultrs::kv1::get_raw(&*client, &mount, &name)
+                                .await
+                                .map_err(map)
+                        }
                     })
                     .await?;
                 let p = payload::from_json(&resp.data, &self.keys(), &what)?;
@@ -292,9 +300,15 @@ impl SecretSource for VaultSource {
                 let body = serde_json::json!({ "lease_id": lease.id });
                 let what = what.clone();
                 async move {
-                    request(&client, reqwest::Method::PUT, "sys/leases/revoke", Some(body), &what)
-                        .await
-                        .map(|_| ())
+                    request(
+                        &client,
+                        reqwest::Method::PUT,
+                        "sys/leases/revoke",
+                        Some(body),
+                        &what,
+                    )
+                    .await
+                    .map(|_| ())
                 }
             })
             .await

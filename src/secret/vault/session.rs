@@ -105,10 +105,12 @@ pub fn map_error(e: ClientError, what: &str) -> SecretError {
 }
 
 async fn read_secret_file(path: &PathBuf, what: &str) -> Result<SecretString, SecretError> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| SecretError::StoreAuth {
-        what: what.to_string(),
-        detail: format!("cannot read {}: {e}", path.display()),
-    })?;
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| SecretError::StoreAuth {
+            what: what.to_string(),
+            detail: format!("cannot read {}: {e}", path.display()),
+        })?;
     let text = text.trim().to_string();
     if text.is_empty() {
         return Err(SecretError::StoreAuth {
@@ -141,6 +143,7 @@ impl Session {
     }
 
     fn client_with(endpoint: &Endpoint, token: &str) -> Result<VaultClient, SecretError> {
+        crate::tls::install_default_provider();
         let mut b = VaultClientSettingsBuilder::default();
         b.address(&endpoint.address)
             .token(token)
@@ -197,7 +200,11 @@ impl Session {
                 let info = vaultrs::token::lookup_self(&client)
                     .await
                     .map_err(|e| auth_failure(map_error(e, &what)))?;
-                (token, Duration::from_secs(info.ttl), info.renewable.unwrap_or(false))
+                (
+                    token,
+                    Duration::from_secs(info.ttl),
+                    info.renewable.unwrap_or(false),
+                )
             }
             VaultAuth::Approle {
                 role_id_file,
@@ -223,8 +230,10 @@ impl Session {
                 )
             }
         };
-        self.client
-            .store(Arc::new(Self::client_with(&self.endpoint, token.expose_secret())?));
+        self.client.store(Arc::new(Self::client_with(
+            &self.endpoint,
+            token.expose_secret(),
+        )?));
         *self.clock.lock().expect("never poisoned") = TokenClock {
             obtained: Instant::now(),
             ttl,
@@ -239,7 +248,12 @@ impl Session {
         if !wrapped {
             return read_secret_file(file, &self.what()).await;
         }
-        if let Some(id) = self.unwrapped_secret_id.lock().expect("never poisoned").clone() {
+        if let Some(id) = self
+            .unwrapped_secret_id
+            .lock()
+            .expect("never poisoned")
+            .clone()
+        {
             return Ok(id);
         }
         let wrapping_token = read_secret_file(file, &self.what()).await?;
@@ -285,7 +299,10 @@ impl Session {
         tokio::spawn(async move {
             let mut failures: u32 = 0;
             loop {
-                let Some(clock) = weak.upgrade().map(|s| *s.clock.lock().expect("never poisoned")) else {
+                let Some(clock) = weak
+                    .upgrade()
+                    .map(|s| *s.clock.lock().expect("never poisoned"))
+                else {
                     return;
                 };
                 if clock.ttl.is_zero() {
@@ -297,7 +314,9 @@ impl Session {
                     (clock.ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30))
                 };
                 tokio::time::sleep_until(clock.obtained + wait).await;
-                let Some(session) = weak.upgrade() else { return };
+                let Some(session) = weak.upgrade() else {
+                    return;
+                };
                 let renewed = if clock.renewable {
                     session.renew().await
                 } else {
