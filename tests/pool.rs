@@ -182,7 +182,10 @@ async fn a_connection_closed_by_the_server_is_not_handed_out() {
             Ok(row) => break row.get(0),
             // The server's "terminating connection" (57P01) and close were not yet processed
             // when this connection was checked out; dropping it marks it broken.
-            Err(e) if e.is_closed() || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN) => {
+            Err(e)
+                if e.is_closed()
+                    || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN) =>
+            {
                 tokio::task::yield_now().await
             }
             Err(e) => panic!("{e}"),
