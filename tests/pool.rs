@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use credswap::config::PoolSettings;
 use credswap::dsn::ConnInfo;
-use credswap::pool::{ConnectError, PoolError, VerifiedPool};
+use credswap::pool::{BuildOptions, ConnectError, PoolError, VerifiedPool};
 use credswap::secret::Credentials;
 use support::pg::{pki, Cluster};
 
@@ -43,7 +43,7 @@ async fn startup_options_reach_the_server() {
         &conn,
         &settings,
         &Credentials::new(USER, PASSWORD, "v1"),
-        "credswap/app/g1",
+        BuildOptions::named("credswap/app/g1"),
     )
     .await
     .unwrap();
@@ -81,7 +81,7 @@ async fn checkout_times_out_quickly_when_exhausted() {
         &url(&db, ""),
         &settings,
         &Credentials::new(USER, PASSWORD, "v1"),
-        "t",
+        BuildOptions::named("t"),
     )
     .await
     .unwrap();
@@ -114,7 +114,7 @@ async fn error_sink_keeps_the_real_cause() {
         &url(&db, ""),
         &settings,
         &Credentials::new(USER, PASSWORD, "v1"),
-        "t",
+        BuildOptions::named("t"),
     )
     .await
     .unwrap();
@@ -152,7 +152,7 @@ async fn a_connection_closed_by_the_server_is_not_handed_out() {
         &url(&db, ""),
         &settings,
         &Credentials::new(USER, PASSWORD, "v1"),
-        "t",
+        BuildOptions::named("t"),
     )
     .await
     .unwrap();

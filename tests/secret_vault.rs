@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use credswap::config::PoolSettings;
 use credswap::dsn::ConnInfo;
-use credswap::pool::VerifiedPool;
+use credswap::pool::{BuildOptions, VerifiedPool};
 use credswap::secret::vault::{VaultAuth, VaultEngine, VaultSource, VaultSourceConfig};
 use credswap::secret::{lease_refresh_at, Credentials, SecretError, SecretSource, Stage};
 use secrecy::ExposeSecret;
@@ -308,7 +308,7 @@ async fn logs_in(db: &Cluster, c: &Credentials) -> Result<bool, String> {
         min_idle: 0,
         ..PoolSettings::default()
     };
-    VerifiedPool::build(&conn, &settings, c, "t")
+    VerifiedPool::build(&conn, &settings, c, BuildOptions::named("t"))
         .await
         .map(|p| p.tls_in_use())
         .map_err(|e| e.to_string())

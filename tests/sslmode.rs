@@ -4,7 +4,7 @@ mod support;
 
 use credswap::config::PoolSettings;
 use credswap::dsn::ConnInfo;
-use credswap::pool::{ConnectError, PoolError, VerifiedPool};
+use credswap::pool::{BuildOptions, ConnectError, PoolError, VerifiedPool};
 use credswap::secret::Credentials;
 use support::pg::{pki, Cluster};
 
@@ -21,7 +21,7 @@ async fn connect(url: &str, user: &str, password: &str) -> Result<VerifiedPool, 
         &conn,
         &settings,
         &Credentials::new(user, password, "v1"),
-        "credswap-test",
+        BuildOptions::named("credswap-test"),
     )
     .await
 }

@@ -71,6 +71,15 @@ impl ConnectPlan {
         self.connect_timeout
     }
 
+    /// Sends a cancel request for the statement running on the token's connection, over the
+    /// same TLS settings the connection used.
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), tokio_postgres::Error> {
+        match &self.tls {
+            Some(tls) => token.cancel_query(tls.clone()).await,
+            None => token.cancel_query(NoTls).await,
+        }
+    }
+
     /// Tries each host in order; the error of the last host is returned when all fail.
     pub async fn connect(&self) -> Result<Client, ConnectError> {
         let mut last = None;

@@ -41,6 +41,8 @@ pub enum ConnectError {
     },
     #[error("TLS configuration: {0}")]
     TlsConfig(Arc<TlsError>),
+    #[error("the pool is draining and opens no new connections")]
+    Draining,
 }
 
 impl ConnectError {
@@ -171,6 +173,9 @@ pub enum PoolError {
         waited: Duration,
         last_error: Option<ConnectError>,
     },
+    /// This pool was swapped out; ask the target's current generation instead.
+    #[error("the pool is draining")]
+    Draining,
 }
 
 impl PoolError {

@@ -1,5 +1,5 @@
 //! The verified pool: a bb8 pool of TLS connections that has proved it works before anyone
-//! gets it.
+//! gets it, and that can be drained when it is replaced.
 //!
 //! bb8 reports a connection that cannot be opened as "timed out" once the checkout deadline
 //! passes; the [`PoolHealth`] error sink keeps the real cause (wrong password, unknown CA), so
@@ -7,109 +7,104 @@
 
 mod connect;
 mod error;
+mod manager;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bb8::{ErrorSink, ManageConnection, PooledConnection, RunError};
-use tokio_postgres::Client;
+use bb8::{PooledConnection, RunError};
+use tokio::sync::Notify;
+use tokio_postgres::{CancelToken, Client};
 
 pub use connect::ConnectPlan;
 pub use error::{ConnectError, PoolError};
+pub use manager::{DrainState, Manager, PoolHealth};
 
 use crate::config::PoolSettings;
 use crate::dsn::ConnInfo;
 use crate::secret::Credentials;
 use crate::tls::{self, SslMode};
+use manager::Sink;
 
-/// Opens connections for bb8 with the plan's credentials and TLS.
-pub struct Manager {
-    plan: Arc<ConnectPlan>,
+/// How long each step of building a pool took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildTimings {
+    /// Reading certificate files and building the TLS configuration, then logging in.
+    pub connect: Duration,
+    /// The identity and TLS check on that connection.
+    pub verify: Duration,
 }
 
-impl ManageConnection for Manager {
-    type Connection = Client;
-    type Error = ConnectError;
-
-    async fn connect(&self) -> Result<Client, ConnectError> {
-        self.plan.connect().await
-    }
-
-    async fn is_valid(&self, conn: &mut Client) -> Result<(), ConnectError> {
-        // Only called if test_on_check_out is on, which we keep off (a round trip per checkout).
-        conn.simple_query("")
-            .await
-            .map(|_| ())
-            .map_err(|e| ConnectError::Unreachable {
-                server: "pool".into(),
-                detail: e.to_string(),
-            })
-    }
-
-    fn has_broken(&self, conn: &mut Client) -> bool {
-        conn.is_closed()
-    }
+/// Options of one pool build.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Shown in `pg_stat_activity`, so operators see which pool owns a session.
+    pub application_name: String,
+    /// Notified when a new connection is refused for its credentials.
+    pub on_auth_failure: Option<Arc<Notify>>,
 }
 
-/// What the pool's background connection attempts ran into.
-#[derive(Debug, Default)]
-pub struct PoolHealth {
-    last_error: Mutex<Option<(Instant, ConnectError)>>,
-    connect_failures: AtomicU64,
-}
-
-impl PoolHealth {
-    /// The most recent connection error and when it happened.
-    pub fn last_error(&self) -> Option<(Instant, ConnectError)> {
-        self.last_error
-            .lock()
-            .expect("the lock is never held across a panic")
-            .clone()
-    }
-
-    /// How many connection attempts failed since the pool was built.
-    pub fn connect_failures(&self) -> u64 {
-        self.connect_failures.load(Ordering::Relaxed)
-    }
-
-    fn record(&self, error: ConnectError) {
-        self.connect_failures.fetch_add(1, Ordering::Relaxed);
-        *self
-            .last_error
-            .lock()
-            .expect("the lock is never held across a panic") = Some((Instant::now(), error));
+impl BuildOptions {
+    /// Options with just an application name.
+    pub fn named(application_name: impl Into<String>) -> Self {
+        BuildOptions {
+            application_name: application_name.into(),
+            on_auth_failure: None,
+        }
     }
 }
 
-#[derive(Debug, Clone)]
-struct Sink {
-    label: String,
-    health: Arc<PoolHealth>,
-}
-
-impl ErrorSink<ConnectError> for Sink {
-    fn sink(&self, error: ConnectError) {
-        tracing::warn!(pool = %self.label, error = %error, "could not open a server connection");
-        self.health.record(error);
-    }
-
-    fn boxed_clone(&self) -> Box<dyn ErrorSink<ConnectError>> {
-        Box::new(self.clone())
-    }
+/// Checked-out connections, with what is needed to cancel their statements.
+#[derive(Default)]
+struct InUse {
+    next: AtomicU64,
+    tokens: Mutex<HashMap<u64, CancelToken>>,
 }
 
 /// A pool whose credentials, identity and TLS state were checked on a real connection.
 pub struct VerifiedPool {
     pool: bb8::Pool<Manager>,
+    plan: Arc<ConnectPlan>,
     health: Arc<PoolHealth>,
+    drain: Arc<DrainState>,
+    in_use: Arc<InUse>,
     username: String,
     tls_in_use: bool,
     checkout_timeout: Duration,
+    timings: BuildTimings,
 }
 
-/// A connection checked out of a [`VerifiedPool`]; returns to the pool when dropped.
-pub type PoolConnection<'a> = PooledConnection<'a, Manager>;
+/// A connection checked out of a [`VerifiedPool`]; it goes back when dropped.
+pub struct PoolConnection {
+    conn: PooledConnection<'static, Manager>,
+    in_use: Arc<InUse>,
+    id: u64,
+}
+
+impl std::ops::Deref for PoolConnection {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.conn
+    }
+}
+
+impl std::fmt::Debug for PoolConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConnection").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for PoolConnection {
+    fn drop(&mut self) {
+        self.in_use
+            .tokens
+            .lock()
+            .expect("never poisoned")
+            .remove(&self.id);
+    }
+}
 
 impl VerifiedPool {
     /// Builds a pool for `conn` with `creds` and proves it: one real connection that logs in,
@@ -119,8 +114,9 @@ impl VerifiedPool {
         conn: &ConnInfo,
         settings: &PoolSettings,
         creds: &Credentials,
-        application_name: &str,
+        options: BuildOptions,
     ) -> Result<VerifiedPool, PoolError> {
+        let started = Instant::now();
         let tls_settings = conn.tls.clone();
         let tls = tokio::task::spawn_blocking(move || tls::client_config(&tls_settings))
             .await
@@ -130,14 +126,20 @@ impl VerifiedPool {
             tls,
             creds.username.clone(),
             creds.password.clone(),
-            application_name.to_string(),
+            options.application_name.clone(),
             settings.statement_timeout,
             settings.connect_timeout,
         ));
         let client = plan.connect().await?;
+        let connected = Instant::now();
         let tls_in_use = verify(&client, &plan).await?;
+        let timings = BuildTimings {
+            connect: connected - started,
+            verify: connected.elapsed(),
+        };
 
         let health = Arc::new(PoolHealth::default());
+        let drain = Arc::new(DrainState::default());
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let pool = bb8::Pool::builder()
             .max_size(settings.max_size)
@@ -147,39 +149,123 @@ impl VerifiedPool {
             .idle_timeout(nonzero(settings.idle_timeout))
             .max_lifetime(nonzero(settings.max_lifetime))
             .error_sink(Box::new(Sink {
-                label: application_name.to_string(),
+                label: options.application_name.clone(),
                 health: health.clone(),
+                on_auth_failure: options.on_auth_failure,
             }))
-            .build_unchecked(Manager { plan: plan.clone() });
+            .build_unchecked(Manager {
+                plan: plan.clone(),
+                drain: drain.clone(),
+            });
         // The verified connection is the first one handed out; if the pool is somehow full
         // already, dropping it is harmless.
         let _ = pool.add(client);
         Ok(VerifiedPool {
             pool,
+            plan,
             health,
+            drain,
+            in_use: Arc::new(InUse::default()),
             username: creds.username.clone(),
             tls_in_use,
             checkout_timeout: settings.checkout_timeout,
+            timings,
         })
     }
 
     /// A connection that is open: bb8 is not asked to test it with a round trip, but one whose
-    /// server side has gone away is dropped and another taken.
-    pub async fn get(&self) -> Result<PoolConnection<'_>, PoolError> {
+    /// server side has gone away is dropped and another taken. Fails with
+    /// [`PoolError::Draining`] as soon as the pool starts draining, also while waiting.
+    pub async fn get(&self) -> Result<PoolConnection, PoolError> {
         let started = Instant::now();
+        let mut drained = self.drain.started.subscribe();
         loop {
-            match self.pool.get().await {
+            if self.drain.is_draining() {
+                return Err(PoolError::Draining);
+            }
+            let got = tokio::select! {
+                got = self.pool.get_owned() => got,
+                _ = drained.wait_for(|d| *d) => return Err(PoolError::Draining),
+            };
+            match got {
                 Ok(conn) if conn.is_closed() => continue,
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => {
+                    let id = self.in_use.next.fetch_add(1, Ordering::Relaxed);
+                    self.in_use
+                        .tokens
+                        .lock()
+                        .expect("never poisoned")
+                        .insert(id, conn.cancel_token());
+                    return Ok(PoolConnection {
+                        conn,
+                        in_use: self.in_use.clone(),
+                        id,
+                    });
+                }
+                Err(RunError::User(ConnectError::Draining)) => return Err(PoolError::Draining),
                 Err(RunError::User(e)) => return Err(PoolError::Connect(e)),
                 Err(RunError::TimedOut) => {
+                    self.health.record_checkout_timeout();
                     return Err(PoolError::CheckoutTimeout {
                         waited: started.elapsed().max(self.checkout_timeout),
                         last_error: self.health.last_error().map(|(_, e)| e),
-                    })
+                    });
                 }
             }
         }
+    }
+
+    /// Stops handing out connections: waiting and future checkouts fail with `Draining`, no
+    /// connection is opened any more, and each one that comes back is closed.
+    pub fn begin_drain(&self) {
+        self.drain.begin();
+    }
+
+    /// Takes the idle connections out and closes them. Call after [`Self::begin_drain`].
+    pub async fn close_idle(&self) {
+        for _ in 0..self.pool.state().idle_connections {
+            // An idle connection comes back at once; anything else would wait, so don't.
+            match tokio::time::timeout(Duration::from_millis(5), self.pool.get()).await {
+                Ok(Ok(conn)) => drop(conn), // has_broken says yes while draining: closed
+                _ => break,
+            }
+        }
+    }
+
+    /// Resolves when a connection comes back to the draining pool.
+    pub async fn returned(&self) {
+        self.drain.returned.notified().await
+    }
+
+    /// Sends PostgreSQL cancel requests for every statement running on a checked-out
+    /// connection; returns how many were sent.
+    pub async fn cancel_in_use(&self) -> usize {
+        let tokens: Vec<CancelToken> = self
+            .in_use
+            .tokens
+            .lock()
+            .expect("never poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut sent = 0;
+        for token in tokens {
+            match self.plan.cancel(&token).await {
+                Ok(()) => sent += 1,
+                Err(e) => tracing::warn!(error = %e, "could not cancel a statement on a draining pool"),
+            }
+        }
+        sent
+    }
+
+    /// Connections checked out right now.
+    pub fn checked_out(&self) -> usize {
+        self.in_use.tokens.lock().expect("never poisoned").len()
+    }
+
+    /// Whether [`Self::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_draining()
     }
 
     /// Connection counts (total, idle) and bb8's statistics.
@@ -200,6 +286,11 @@ impl VerifiedPool {
     /// Whether the verifying session was encrypted (for `allow`/`prefer`, what was negotiated).
     pub fn tls_in_use(&self) -> bool {
         self.tls_in_use
+    }
+
+    /// How long connecting and verifying took when the pool was built.
+    pub fn timings(&self) -> BuildTimings {
+        self.timings
     }
 }
 

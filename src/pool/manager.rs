@@ -1,0 +1,150 @@
+//! bb8's side of the pool: opening connections, telling broken ones apart, keeping the real
+//! cause of connection failures, and refusing everything once the pool drains.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bb8::{ErrorSink, ManageConnection};
+use tokio::sync::{watch, Notify};
+use tokio_postgres::Client;
+
+use super::connect::ConnectPlan;
+use super::error::ConnectError;
+
+/// Shared between the pool, its manager and whoever drains it.
+#[derive(Debug)]
+pub struct DrainState {
+    draining: AtomicBool,
+    /// Signalled each time a connection comes back while draining.
+    pub(crate) returned: Notify,
+    /// Flips to `true` when draining starts, waking checkouts that wait on this pool.
+    pub(crate) started: watch::Sender<bool>,
+}
+
+impl Default for DrainState {
+    fn default() -> Self {
+        DrainState {
+            draining: AtomicBool::new(false),
+            returned: Notify::new(),
+            started: watch::channel(false).0,
+        }
+    }
+}
+
+impl DrainState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.started.send_replace(true);
+    }
+}
+
+/// Opens connections for bb8 with the plan's credentials and TLS.
+pub struct Manager {
+    pub(crate) plan: Arc<ConnectPlan>,
+    pub(crate) drain: Arc<DrainState>,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Client;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<Client, ConnectError> {
+        if self.drain.is_draining() {
+            return Err(ConnectError::Draining);
+        }
+        self.plan.connect().await
+    }
+
+    async fn is_valid(&self, conn: &mut Client) -> Result<(), ConnectError> {
+        // Only called if test_on_check_out is on, which we keep off (a round trip per checkout).
+        conn.simple_query("")
+            .await
+            .map(|_| ())
+            .map_err(|e| ConnectError::Unreachable {
+                server: "pool".into(),
+                detail: e.to_string(),
+            })
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        if self.drain.is_draining() {
+            // Coming back to a draining pool: close it, and tell the drainer.
+            self.drain.returned.notify_one();
+            return true;
+        }
+        conn.is_closed()
+    }
+}
+
+/// What the pool's background connection attempts ran into.
+#[derive(Debug, Default)]
+pub struct PoolHealth {
+    last_error: Mutex<Option<(Instant, ConnectError)>>,
+    connect_failures: AtomicU64,
+    checkout_timeouts: AtomicU64,
+}
+
+impl PoolHealth {
+    /// The most recent connection error and when it happened.
+    pub fn last_error(&self) -> Option<(Instant, ConnectError)> {
+        self.last_error
+            .lock()
+            .expect("the lock is never held across a panic")
+            .clone()
+    }
+
+    /// How many connection attempts failed since the pool was built.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// How many checkouts gave up waiting.
+    pub fn checkout_timeouts(&self) -> u64 {
+        self.checkout_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_checkout_timeout(&self) {
+        self.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record(&self, error: ConnectError) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_error
+            .lock()
+            .expect("the lock is never held across a panic") = Some((Instant::now(), error));
+    }
+}
+
+/// bb8's error sink: keeps the cause, logs it (no secrets in a `ConnectError`), and wakes the
+/// rotator when the credentials are refused.
+#[derive(Debug, Clone)]
+pub(crate) struct Sink {
+    pub(crate) label: String,
+    pub(crate) health: Arc<PoolHealth>,
+    pub(crate) on_auth_failure: Option<Arc<Notify>>,
+}
+
+impl ErrorSink<ConnectError> for Sink {
+    fn sink(&self, error: ConnectError) {
+        if matches!(error, ConnectError::Draining) {
+            return;
+        }
+        tracing::warn!(pool = %self.label, error = %error, "could not open a server connection");
+        if error.is_auth() {
+            if let Some(n) = &self.on_auth_failure {
+                n.notify_one();
+            }
+        }
+        self.health.record(error);
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<ConnectError>> {
+        Box::new(self.clone())
+    }
+}
