@@ -11,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod dsn;
 pub mod pool;
+pub mod rotation;
 pub mod secret;
 pub mod tls;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::types::{ApiConfig, PoolSettings};
+use super::types::ApiConfig;
 use super::validate::{check_tls_files, check_url, tls_warnings, Collector};
 use super::{Api, Config, ConfigErrors, Source, Target};
 use crate::tls::{RootCert, SslMode};
@@ -73,19 +73,13 @@ pub fn environment_only(env: &dyn Env) -> Result<Config, ConfigErrors> {
     let api = ApiConfig::default();
     let mut config = c.finish(Config {
         file: None,
+        daemon: Default::default(),
         api: Api {
             socket: api.socket,
             socket_mode: 0o660,
             admin_uids: api.admin_uids,
         },
-        targets: vec![Target {
-            name: DEFAULT_TARGET.to_string(),
-            conn,
-            pool: PoolSettings::default(),
-            refresh_interval: std::time::Duration::from_secs(300),
-            drain_timeout: std::time::Duration::from_secs(30),
-            source,
-        }],
+        targets: vec![Target::new(DEFAULT_TARGET, conn, source)],
         warnings: Vec::new(),
     })?;
     apply_overrides(&mut config, env)?;
@@ -96,6 +90,7 @@ pub fn environment_only(env: &dyn Env) -> Result<Config, ConfigErrors> {
 fn unreachable_config() -> Config {
     Config {
         file: None,
+        daemon: Default::default(),
         api: Api {
             socket: PathBuf::new(),
             socket_mode: 0,

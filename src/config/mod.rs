@@ -19,7 +19,10 @@ use secrecy::SecretString;
 
 pub use env::{Env, ProcessEnv, DEFAULT_TARGET};
 pub use render::render_effective;
-pub use types::{ApiConfig, PoolSettings, SourceConfig};
+pub use types::{
+    ApiConfig, BreakerSettings, DaemonConfig, PoolSettings, RetrySettings, SourceConfig,
+    StartupPolicy,
+};
 
 use crate::dsn::ConnInfo;
 use crate::secret::aws::AwsSourceConfig;
@@ -31,6 +34,7 @@ use crate::secret::vault::VaultSourceConfig;
 pub struct Config {
     /// The file it was read from; `None` for an environment-only setup.
     pub file: Option<PathBuf>,
+    pub daemon: DaemonConfig,
     pub api: Api,
     pub targets: Vec<Target>,
     /// Things that work but deserve a look (printed by `check-config`, logged at start).
@@ -53,7 +57,27 @@ pub struct Target {
     pub pool: PoolSettings,
     pub refresh_interval: Duration,
     pub drain_timeout: Duration,
+    pub min_rotation_interval: Duration,
+    pub retry: RetrySettings,
+    pub breaker: BreakerSettings,
     pub source: Source,
+}
+
+impl Target {
+    /// A target with default settings, for the environment-only setup and for tests.
+    pub fn new(name: impl Into<String>, conn: ConnInfo, source: Source) -> Target {
+        Target {
+            name: name.into(),
+            conn,
+            pool: PoolSettings::default(),
+            refresh_interval: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(30),
+            min_rotation_interval: Duration::from_secs(1),
+            retry: RetrySettings::default(),
+            breaker: BreakerSettings::default(),
+            source,
+        }
+    }
 }
 
 /// Where a target's credentials come from, resolved.

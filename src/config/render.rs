@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::duration;
-use super::types::PoolSettings;
+use super::types::{BreakerSettings, DaemonConfig, PoolSettings, RetrySettings};
 use super::{Config, Source};
 use crate::secret::aws::AwsSourceConfig;
 use crate::secret::file::FileSourceConfig;
@@ -11,6 +11,7 @@ use crate::secret::vault::VaultSourceConfig;
 
 #[derive(Serialize)]
 struct Effective<'a> {
+    daemon: &'a DaemonConfig,
     api: EffectiveApi<'a>,
     target: Vec<EffectiveTarget<'a>>,
 }
@@ -28,7 +29,10 @@ struct EffectiveTarget<'a> {
     url: String,
     refresh_interval: String,
     drain_timeout: String,
+    min_rotation_interval: String,
     pool: &'a PoolSettings,
+    retry: &'a RetrySettings,
+    breaker: &'a BreakerSettings,
     source: EffectiveSource,
 }
 
@@ -48,6 +52,7 @@ enum EffectiveSource {
 /// one, and the development source's is shown as `[redacted]`.
 pub fn render_effective(config: &Config) -> String {
     let effective = Effective {
+        daemon: &config.daemon,
         api: EffectiveApi {
             socket: config.api.socket.display().to_string(),
             socket_mode: format!("{:04o}", config.api.socket_mode),
@@ -61,7 +66,10 @@ pub fn render_effective(config: &Config) -> String {
                 url: t.conn.redacted(),
                 refresh_interval: duration::format(t.refresh_interval),
                 drain_timeout: duration::format(t.drain_timeout),
+                min_rotation_interval: duration::format(t.min_rotation_interval),
                 pool: &t.pool,
+                retry: &t.retry,
+                breaker: &t.breaker,
                 source: match &t.source {
                     Source::File(f) => EffectiveSource::File(f.clone()),
                     Source::Aws(a) => EffectiveSource::Aws(a.clone()),

@@ -16,9 +16,47 @@ use crate::secret::vault::VaultSourceConfig;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
     pub api: ApiConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+}
+
+/// The daemon as a whole.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// How long start-up waits for every target to have a live pool.
+    #[serde(default = "default_startup_timeout", with = "duration")]
+    pub startup_timeout: Duration,
+    /// What to do when some targets are not ready by then.
+    #[serde(default)]
+    pub on_startup_failure: StartupPolicy,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            startup_timeout: default_startup_timeout(),
+            on_startup_failure: StartupPolicy::default(),
+        }
+    }
+}
+
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Start-up with targets that are not ready.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartupPolicy {
+    /// Report ready with the targets that made it; the others keep retrying, `degraded`.
+    #[default]
+    RunDegraded,
+    /// Exit with an error naming the targets, their failed step and why.
+    Exit,
 }
 
 /// The local Unix socket API.
@@ -71,7 +109,72 @@ pub struct TargetConfig {
     /// How long an old pool may keep running statements after a swap.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_timeout: Duration,
+    /// Triggers closer together than this are coalesced into one rotation.
+    #[serde(default = "default_min_rotation_interval", with = "duration")]
+    pub min_rotation_interval: Duration,
+    #[serde(default)]
+    pub retry: RetrySettings,
+    #[serde(default)]
+    pub breaker: BreakerSettings,
     pub source: SourceConfig,
+}
+
+fn default_min_rotation_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Backoff after a failed rotation: exponential with full jitter.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(default = "default_retry_initial", with = "duration")]
+    pub initial: Duration,
+    #[serde(default = "default_retry_max", with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            initial: default_retry_initial(),
+            max: default_retry_max(),
+        }
+    }
+}
+
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The circuit breaker in front of a target's secret store.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive store failures that open the breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long it stays open before one probe is let through.
+    #[serde(default = "default_breaker_open", with = "duration")]
+    pub open_for: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures: default_breaker_failures(),
+            open_for: default_breaker_open(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_refresh() -> Duration {

@@ -111,12 +111,16 @@ pub fn validate(
                 pool: t.pool.clone(),
                 refresh_interval: t.refresh_interval,
                 drain_timeout: t.drain_timeout,
+                min_rotation_interval: t.min_rotation_interval,
+                retry: t.retry,
+                breaker: t.breaker,
                 source: check_source(&t.source, &format!("{at}.source"), &mut c),
             });
         }
     }
     c.finish(Config {
         file: file.map(Path::to_path_buf),
+        daemon: raw.daemon.clone(),
         api,
         targets,
         warnings: Vec::new(),
@@ -174,6 +178,18 @@ pub(super) fn check_name(name: &str, key: &str, c: &mut Collector<'_>) {
 
 fn check_pool(t: &TargetConfig, at: &str, c: &mut Collector<'_>) {
     let p = &t.pool;
+    if t.retry.max < t.retry.initial {
+        c.error(
+            format!("{at}.retry.max"),
+            "is less than retry.initial; fix: make max at least initial",
+        );
+    }
+    if t.breaker.failures == 0 {
+        c.error(
+            format!("{at}.breaker.failures"),
+            "must be at least 1; fix: the number of failures in a row that opens the breaker",
+        );
+    }
     if p.max_size == 0 {
         c.error(
             format!("{at}.pool.max_size"),
@@ -194,6 +210,8 @@ fn check_pool(t: &TargetConfig, at: &str, c: &mut Collector<'_>) {
         ("pool.connect_timeout", p.connect_timeout),
         ("refresh_interval", t.refresh_interval),
         ("drain_timeout", t.drain_timeout),
+        ("retry.initial", t.retry.initial),
+        ("breaker.open_for", t.breaker.open_for),
     ] {
         if value.is_zero() {
             c.error(

@@ -188,14 +188,16 @@ impl SecretSource for FileSource {
                 });
             }
             let (text, stamp) = self.read().await?;
+            let version = content_version(text.as_bytes());
+            // Remember what was read even if it does not parse, so `changed` waits for the
+            // next edit instead of reporting this content again.
+            *self.seen() = (Some(version.clone()), Some(stamp));
             let what = self.what();
             let parsed = match self.format {
                 FileFormat::Auto => payload::from_auto(&text, &self.keys, &what),
                 FileFormat::Json => payload::from_json_text(&text, &self.keys, &what),
                 FileFormat::Env => payload::from_key_value(&text, &self.keys, &what),
             }?;
-            let version = content_version(text.as_bytes());
-            *self.seen() = (Some(version.clone()), Some(stamp));
             Ok(Credentials {
                 username: parsed.username,
                 password: parsed.password,

@@ -1,0 +1,104 @@
+//! Draining an old generation: no new checkouts, idle connections closed at once, busy ones
+//! closed as their statements end; at the deadline running statements are cancelled (the
+//! PostgreSQL cancel request) so nothing outlives it. Then the old lease can be revoked.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::generation::Generation;
+use super::status::EventKind;
+use super::target::TargetRuntime;
+use crate::secret::SecretSource;
+
+/// After cancelling, how long the holders get to hand their connections back.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// What a drain did.
+#[derive(Clone, Copy, Debug)]
+pub struct DrainReport {
+    pub duration: Duration,
+    /// Statements cancelled at the deadline.
+    pub cancelled: usize,
+    /// Connections still out when the drain gave up (after the grace period).
+    pub abandoned: u32,
+}
+
+/// Drains `generation`, which is no longer current.
+pub async fn drain(generation: &Generation, timeout: Duration) -> DrainReport {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let pool = &generation.pool;
+    pool.begin_drain();
+    pool.close_idle().await;
+    let mut cancelled = None;
+    loop {
+        if pool.state().connections == 0 {
+            break;
+        }
+        let give_up = match cancelled {
+            None => deadline,
+            Some(_) => deadline + CANCEL_GRACE,
+        };
+        tokio::select! {
+            _ = pool.returned() => pool.close_idle().await,
+            _ = tokio::time::sleep_until(give_up) => {
+                if cancelled.is_some() {
+                    break;
+                }
+                let n = pool.cancel_in_use().await;
+                tracing::info!(generation = generation.id, cancelled = n, "drain deadline reached; statements cancelled");
+                cancelled = Some(n);
+            }
+        }
+    }
+    let abandoned = pool.state().connections;
+    if abandoned > 0 {
+        tracing::warn!(generation = generation.id, connections = abandoned, "connections still checked out after the drain deadline and grace period");
+    }
+    DrainReport {
+        duration: started.elapsed(),
+        cancelled: cancelled.unwrap_or(0),
+        abandoned,
+    }
+}
+
+/// Drains a swapped-out generation for a target and revokes its lease when asked; reports the
+/// result in the target's status and events.
+pub(crate) async fn retire(
+    target: Arc<TargetRuntime>,
+    generation: Arc<Generation>,
+    timeout: Duration,
+    revoke: Option<Arc<dyn SecretSource>>,
+) {
+    target
+        .shared()
+        .draining
+        .insert(generation.id, (generation.clone(), SystemTime::now() + timeout));
+    let report = drain(&generation, timeout).await;
+    let lease_revoked = match (&revoke, &generation.lease) {
+        (Some(source), Some(lease)) => match source.revoke(lease).await {
+            Ok(()) => Some(true),
+            Err(e) => {
+                tracing::warn!(target_name = %target.name(), generation = generation.id, error = %e, "could not revoke the old lease");
+                Some(false)
+            }
+        },
+        _ => None,
+    };
+    target.shared().draining.remove(&generation.id);
+    tracing::info!(
+        target_name = %target.name(),
+        generation = generation.id,
+        drain_ms = report.duration.as_millis() as u64,
+        cancelled = report.cancelled,
+        "old generation drained"
+    );
+    target.emit(EventKind::DrainFinished {
+        generation: generation.id,
+        duration: report.duration,
+        cancelled: report.cancelled,
+        lease_revoked,
+    });
+}

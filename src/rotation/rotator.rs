@@ -1,0 +1,428 @@
+//! The rotator: one task per target that turns triggers into rotations, one at a time.
+//!
+//! Triggers that arrive while a rotation runs, or within `min_rotation_interval` of the last
+//! one, are merged into a single follow-up (forced if any was forced), so a storm of webhooks
+//! costs at most one extra fetch.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::breaker::Breaker;
+use super::drain::retire;
+use super::generation::{application_name, Generation};
+use super::status::{EventKind, TargetState};
+use super::target::{Command, TargetRuntime};
+use super::{Outcome, RotationReport, Step, StepTiming, Trigger};
+use crate::config::{Source, Target};
+use crate::dsn::{ConnInfo, Host};
+use crate::pool::{BuildOptions, PoolError, VerifiedPool};
+use crate::secret::{self, Credentials, SecretError, SecretSource, Stage};
+
+/// Outer deadline of one fetch (each source also has its own request timeout).
+const FETCH_DEADLINE: Duration = Duration::from_secs(60);
+
+struct Pending {
+    trigger: Trigger,
+    force: bool,
+    replies: Vec<oneshot::Sender<RotationReport>>,
+}
+
+impl Pending {
+    fn merge(&mut self, trigger: Trigger, force: bool, reply: Option<oneshot::Sender<RotationReport>>) {
+        // Start-up and authentication failures outrank the rest: they run without waiting.
+        if !matches!(self.trigger, Trigger::Startup | Trigger::AuthFailure) {
+            self.trigger = trigger;
+        }
+        self.force |= force;
+        self.replies.extend(reply);
+    }
+}
+
+pub(crate) struct Rotator {
+    target: Arc<TargetRuntime>,
+    cfg: Target,
+    source: Option<Arc<dyn SecretSource>>,
+    commands: mpsc::Receiver<Command>,
+    shutdown: watch::Receiver<bool>,
+    breaker: Breaker,
+    generations: u64,
+    rotations: u64,
+    failures: u32,
+    pending: Option<Pending>,
+    retry_at: Option<Instant>,
+    refresh_at: Instant,
+    lease_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+    drains: JoinSet<()>,
+}
+
+fn to_instant(at: SystemTime) -> Instant {
+    let now = SystemTime::now();
+    match at.duration_since(now) {
+        Ok(ahead) => Instant::now() + ahead,
+        Err(_) => Instant::now(),
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.9..=1.1))
+}
+
+/// Applies the host, port and database a secret carries (RDS format) to the url.
+fn with_overrides(conn: &ConnInfo, creds: &Credentials) -> ConnInfo {
+    let mut conn = conn.clone();
+    let o = &creds.overrides;
+    if let Some(host) = &o.host {
+        let port = o.port.or(conn.servers.first().map(|s| s.port)).unwrap_or(5432);
+        conn.servers = vec![crate::dsn::Server {
+            host: Host::Tcp(host.clone()),
+            port,
+        }];
+    } else if let Some(port) = o.port {
+        for s in &mut conn.servers {
+            s.port = port;
+        }
+    }
+    if let Some(db) = &o.dbname {
+        conn.dbname = Some(db.clone());
+    }
+    conn
+}
+
+fn failed_step(e: &PoolError) -> Step {
+    match e {
+        PoolError::WrongUser { .. }
+        | PoolError::TlsNotInUse(_)
+        | PoolError::TlsUnexpected
+        | PoolError::VerifyQuery(_) => Step::Verify,
+        _ => Step::Connect,
+    }
+}
+
+impl Rotator {
+    pub(crate) fn new(
+        target: Arc<TargetRuntime>,
+        cfg: Target,
+        commands: mpsc::Receiver<Command>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Rotator {
+        Rotator {
+            breaker: Breaker::new(cfg.breaker),
+            refresh_at: Instant::now() + jittered(cfg.refresh_interval),
+            target,
+            cfg,
+            source: None,
+            commands,
+            shutdown,
+            generations: 0,
+            rotations: 0,
+            failures: 0,
+            pending: Some(Pending {
+                trigger: Trigger::Startup,
+                force: false,
+                replies: Vec::new(),
+            }),
+            retry_at: None,
+            lease_at: None,
+            last_attempt: None,
+            drains: JoinSet::new(),
+        }
+    }
+
+    fn push(&mut self, trigger: Trigger, force: bool, reply: Option<oneshot::Sender<RotationReport>>) {
+        match &mut self.pending {
+            Some(p) => p.merge(trigger, force, reply),
+            None => {
+                self.pending = Some(Pending {
+                    trigger,
+                    force,
+                    replies: reply.into_iter().collect(),
+                })
+            }
+        }
+    }
+
+    /// When the pending trigger may run.
+    fn gate(&self) -> Option<Instant> {
+        let p = self.pending.as_ref()?;
+        if matches!(p.trigger, Trigger::Startup | Trigger::AuthFailure) {
+            return Some(Instant::now());
+        }
+        Some(match self.last_attempt {
+            Some(at) => at + self.cfg.min_rotation_interval,
+            None => Instant::now(),
+        })
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            if let Some(gate) = self.gate() {
+                if gate <= Instant::now() {
+                    let p = self.pending.take().expect("gate implies a pending trigger");
+                    let report = self.rotate(p.trigger, p.force).await;
+                    for reply in p.replies {
+                        let _ = reply.send(report.clone());
+                    }
+                    continue;
+                }
+            }
+            let gate = self.gate();
+            let idle = self.pending.is_none();
+            let source = self.source.clone();
+            let auth_failure = self.target.auth_failure.clone();
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(c) => self.push(c.trigger, c.force, c.reply),
+                    None => break,
+                },
+                _ = auth_failure.notified() => {
+                    tracing::info!(target_name = %self.target.name(), "the live pool's credentials were refused; fetching new ones");
+                    self.push(Trigger::AuthFailure, false, None);
+                }
+                _ = async { source.as_ref().expect("guarded").changed().await }, if idle && source.is_some() => {
+                    self.push(Trigger::FileChange, false, None);
+                }
+                _ = tokio::time::sleep_until(self.refresh_at) => {
+                    self.refresh_at = Instant::now() + jittered(self.cfg.refresh_interval);
+                    self.push(Trigger::Timer, false, None);
+                }
+                _ = tokio::time::sleep_until(self.lease_at.unwrap_or_else(Instant::now)), if self.lease_at.is_some() => {
+                    self.lease_at = None;
+                    self.push(Trigger::Lease, false, None);
+                }
+                _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(Instant::now)), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.push(Trigger::Retry, false, None);
+                }
+                _ = tokio::time::sleep_until(gate.unwrap_or_else(Instant::now)), if gate.is_some() => {}
+                Some(_) = self.drains.join_next(), if !self.drains.is_empty() => {}
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Shutdown: drain the live generation too, and wait for every drain.
+    async fn stop(mut self) {
+        if let Some(current) = self.target.take() {
+            let revoke = self.revoker();
+            self.drains.spawn(retire(
+                self.target.clone(),
+                current,
+                self.cfg.drain_timeout,
+                revoke,
+            ));
+        }
+        while self.drains.join_next().await.is_some() {}
+    }
+
+    fn revoker(&self) -> Option<Arc<dyn SecretSource>> {
+        match &self.cfg.source {
+            Source::Vault(v) if v.revoke_on_drain => self.source.clone(),
+            _ => None,
+        }
+    }
+
+    async fn source(&mut self) -> Result<Arc<dyn SecretSource>, SecretError> {
+        if let Some(s) = &self.source {
+            return Ok(s.clone());
+        }
+        let s = secret::build(&self.cfg.source).await?;
+        self.source = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn fetch(&mut self, stage: Stage) -> Result<Credentials, String> {
+        if !self.breaker.allow() {
+            return Err(format!(
+                "circuit breaker open: the secret store failed {} times in a row; next probe in {:.1}s",
+                self.cfg.breaker.failures,
+                self.breaker.wait().as_secs_f64()
+            ));
+        }
+        let result = match self.source().await {
+            Ok(source) => match tokio::time::timeout(FETCH_DEADLINE, source.fetch(stage)).await {
+                Ok(r) => r,
+                Err(_) => Err(SecretError::Unavailable {
+                    what: source.describe(),
+                    detail: format!("no answer within {FETCH_DEADLINE:?}"),
+                }),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(c) => {
+                self.breaker.success();
+                Ok(c)
+            }
+            Err(e) => {
+                // Only the store's own trouble counts against it, not a malformed secret.
+                if e.retryable() {
+                    self.breaker.failure();
+                } else {
+                    self.breaker.success();
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn rotate(&mut self, trigger: Trigger, force: bool) -> RotationReport {
+        self.rotations += 1;
+        self.last_attempt = Some(Instant::now());
+        let rotation = self.rotations;
+        let started_at = SystemTime::now();
+        let name = self.target.name().to_string();
+        self.target.emit(EventKind::RotationStarted { rotation, trigger });
+        let mut steps = Vec::new();
+        let outcome = self.attempt(rotation, trigger, force, &mut steps).await;
+        let report = RotationReport {
+            rotation,
+            target: name.clone(),
+            trigger,
+            forced: force,
+            outcome,
+            steps,
+            started_at,
+        };
+        self.finish(&report);
+        report
+    }
+
+    async fn attempt(&mut self, rotation: u64, trigger: Trigger, force: bool, steps: &mut Vec<StepTiming>) -> Outcome {
+        let t = Instant::now();
+        self.target.emit(EventKind::Step { rotation, step: Step::Fetch });
+        let mut creds = match self.fetch(Stage::Current).await {
+            Ok(c) => c,
+            Err(error) => return Outcome::Failed { step: Step::Fetch, error },
+        };
+        let current = self.target.current();
+        let same = |c: &Credentials| current.as_ref().is_some_and(|g| g.credential_version == c.version);
+        if trigger == Trigger::AuthFailure && same(&creds) {
+            // Single-user rotation between its setSecret and finishSecret steps: the database
+            // already has the pending password. Only AWS has stages; others say Unsupported.
+            if let Ok(pending) = self.fetch(Stage::Pending).await {
+                if !same(&pending) {
+                    tracing::info!(target_name = %self.target.name(), "current credentials refused; using the pending version");
+                    creds = pending;
+                }
+            }
+        }
+        steps.push(StepTiming { step: Step::Fetch, duration: t.elapsed() });
+        if !force && trigger != Trigger::AuthFailure && same(&creds) {
+            self.schedule(&creds);
+            return Outcome::Unchanged { generation: current.map(|g| g.id) };
+        }
+
+        self.target.emit(EventKind::Step { rotation, step: Step::Connect });
+        let id = self.generations + 1;
+        let conn = with_overrides(&self.cfg.conn, &creds);
+        let options = BuildOptions {
+            application_name: application_name(self.cfg.conn.application_name.as_deref(), &self.cfg.name, id),
+            on_auth_failure: Some(self.target.auth_failure.clone()),
+        };
+        let pool = match VerifiedPool::build(&conn, &self.cfg.pool, &creds, options).await {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failed { step: failed_step(&e), error: e.to_string() },
+        };
+        let timings = pool.timings();
+        steps.push(StepTiming { step: Step::Connect, duration: timings.connect });
+        steps.push(StepTiming { step: Step::Verify, duration: timings.verify });
+        if trigger == Trigger::AuthFailure && same(&creds) && !force {
+            // The refusal was passing: the credentials work. Keep the live generation.
+            self.schedule(&creds);
+            return Outcome::Unchanged { generation: current.map(|g| g.id) };
+        }
+
+        let t = Instant::now();
+        let generation = Arc::new(Generation {
+            id,
+            pool,
+            credential_version: creds.version.clone(),
+            username: creds.username.clone(),
+            built_at: SystemTime::now(),
+            trigger,
+            lease: creds.lease.clone(),
+        });
+        let old = self.target.swap(generation);
+        steps.push(StepTiming { step: Step::Swap, duration: t.elapsed() });
+        self.generations = id;
+        self.schedule(&creds);
+        if let Some(old) = old {
+            self.target.emit(EventKind::Step { rotation, step: Step::Drain });
+            let revoke = self.revoker();
+            self.drains.spawn(retire(self.target.clone(), old, self.cfg.drain_timeout, revoke));
+        }
+        Outcome::Swapped { generation: id }
+    }
+
+    /// Sets the lease clock from what the credentials say about their own lifetime.
+    fn schedule(&mut self, creds: &Credentials) {
+        self.lease_at = if let Some(lease) = &creds.lease {
+            Some(to_instant(secret::lease_refresh_at(lease)))
+        } else {
+            creds
+                .next_rotation
+                .map(|at| to_instant(at + Duration::from_secs(2)))
+        };
+    }
+
+    fn finish(&mut self, report: &RotationReport) {
+        let name = self.target.name().to_string();
+        let ms = |step: Step| {
+            report
+                .steps
+                .iter()
+                .find(|s| s.step == step)
+                .map_or(0.0, |s| s.duration.as_secs_f64() * 1000.0)
+        };
+        let (state, reason, error) = match &report.outcome {
+            Outcome::Failed { step, error } => {
+                self.failures += 1;
+                let cap = self.cfg.retry.max.min(self.cfg.retry.initial.saturating_mul(1 << self.failures.min(20).saturating_sub(1)));
+                let backoff = cap.mul_f64(rand::random_range(0.0..=1.0)).max(Duration::from_millis(10));
+                let wait = backoff.max(self.breaker.wait());
+                self.retry_at = Some(Instant::now() + wait);
+                tracing::warn!(target_name = %name, trigger = %report.trigger, step = ?step, error = %error, retry_in_ms = wait.as_millis() as u64, "rotation failed; the live generation keeps serving");
+                let reason = format!("{} failed: {error}", step.as_str());
+                (TargetState::Degraded, Some(reason), Some(error.clone()))
+            }
+            Outcome::Swapped { generation } => {
+                self.failures = 0;
+                self.retry_at = None;
+                tracing::info!(target_name = %name, trigger = %report.trigger, generation, fetch_ms = ms(Step::Fetch), connect_ms = ms(Step::Connect), verify_ms = ms(Step::Verify), swap_ms = ms(Step::Swap), "rotated");
+                (TargetState::Ready, None, None)
+            }
+            Outcome::Unchanged { .. } => {
+                self.failures = 0;
+                self.retry_at = None;
+                tracing::debug!(target_name = %name, trigger = %report.trigger, "credentials unchanged");
+                (TargetState::Ready, None, None)
+            }
+        };
+        let (state, reason) = if state == TargetState::Ready && self.target.current().is_none() {
+            (TargetState::Degraded, Some("no live generation".to_string()))
+        } else {
+            (state, reason)
+        };
+        {
+            let mut s = self.target.shared();
+            s.last_rotation = Some(report.clone());
+            s.last_error = error.or_else(|| if state == TargetState::Ready { None } else { s.last_error.clone() });
+            s.breaker = self.breaker.state();
+            let next = [Some(self.refresh_at), self.lease_at, self.retry_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("the refresh timer is always set");
+            s.next_fetch_at = Some(SystemTime::now() + next.saturating_duration_since(Instant::now()));
+        }
+        self.target.set_state(state, reason);
+        self.target.emit(EventKind::RotationFinished(report.clone()));
+    }
+}
