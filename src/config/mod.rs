@@ -169,6 +169,23 @@ impl Config {
         Ok(config)
     }
 
+    /// A configuration of just these targets, everything else default (for embedding and
+    /// tests; files go through [`Config::load`]).
+    pub fn for_targets(targets: Vec<Target>) -> Config {
+        let api = ApiConfig::default();
+        Config {
+            file: None,
+            daemon: DaemonConfig::default(),
+            api: Api {
+                socket: api.socket,
+                socket_mode: 0o660,
+                admin_uids: api.admin_uids,
+            },
+            targets,
+            warnings: Vec::new(),
+        }
+    }
+
     /// Looks a target up by name.
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)

@@ -215,6 +215,25 @@ impl VerifiedPool {
         }
     }
 
+    /// Opens connections until the pool holds `n` (at most its maximum), in parallel, so a new
+    /// generation can take over a busy one's load without a burst of connects. Returns how
+    /// many are open; failures are left to the pool's own error sink.
+    pub async fn warm(&self, n: u32) -> u32 {
+        let have = self.pool.state().connections;
+        let want = n.min(self.pool.config().max_size);
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in have..want {
+            let plan = self.plan.clone();
+            opening.spawn(async move { plan.connect().await });
+        }
+        while let Some(done) = opening.join_next().await {
+            if let Ok(Ok(client)) = done {
+                let _ = self.pool.add(client);
+            }
+        }
+        self.pool.state().connections
+    }
+
     /// Stops handing out connections: waiting and future checkouts fail with `Draining`, no
     /// connection is opened any more, and each one that comes back is closed.
     pub fn begin_drain(&self) {

@@ -57,7 +57,6 @@ impl Engine {
                 t.name.clone(),
                 describe(&t.source),
                 events.clone(),
-                t.pool.checkout_timeout,
                 t.pool.max_size,
             );
             let rotator = Rotator::new(runtime.clone(), t.clone(), commands, shutdown.subscribe());

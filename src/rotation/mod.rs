@@ -75,6 +75,8 @@ pub enum Step {
     Fetch,
     Connect,
     Verify,
+    /// Opening as many connections as the live generation uses, before the swap.
+    Warm,
     Swap,
     Drain,
 }
@@ -86,6 +88,7 @@ impl Step {
             Step::Fetch => "fetch",
             Step::Connect => "connect",
             Step::Verify => "verify",
+            Step::Warm => "warm",
             Step::Swap => "swap",
             Step::Drain => "drain",
         }

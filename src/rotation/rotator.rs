@@ -338,6 +338,15 @@ impl Rotator {
             self.schedule(&creds);
             return Outcome::Unchanged { generation: current.map(|g| g.id) };
         }
+        // Take over the live generation's load without a burst of connects after the swap.
+        let busy = current.as_ref().map_or(0, |g| g.pool.state().connections);
+        let want = busy.max(self.cfg.pool.min_idle);
+        if want > 1 {
+            self.target.emit(EventKind::Step { rotation, step: Step::Warm });
+            let t = Instant::now();
+            pool.warm(want).await;
+            steps.push(StepTiming { step: Step::Warm, duration: t.elapsed() });
+        }
 
         let t = Instant::now();
         let generation = Arc::new(Generation {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
@@ -47,7 +47,6 @@ pub struct TargetRuntime {
     pub(crate) auth_failure: Arc<Notify>,
     events: broadcast::Sender<Event>,
     state_tx: watch::Sender<TargetState>,
-    checkout_timeout: Duration,
     max_size: u32,
 }
 
@@ -86,7 +85,6 @@ impl TargetRuntime {
         name: String,
         source: String,
         events: broadcast::Sender<Event>,
-        checkout_timeout: Duration,
         max_size: u32,
     ) -> (Arc<TargetRuntime>, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(256);
@@ -107,7 +105,6 @@ impl TargetRuntime {
             auth_failure: Arc::new(Notify::new()),
             events,
             state_tx: watch::channel(TargetState::Starting).0,
-            checkout_timeout,
             max_size,
         });
         (target, rx)
@@ -170,9 +167,9 @@ impl TargetRuntime {
     }
 
     /// A connection of the current generation. If the generation is swapped while waiting, the
-    /// wait moves to the new one, so a rotation never fails a request.
+    /// wait moves to the new one, so a rotation never fails a request. Each wait is bounded by
+    /// the pool's checkout timeout; a request moves on only when a newer generation exists.
     pub async fn checkout(&self) -> Result<Checkout, CheckoutError> {
-        let deadline = tokio::time::Instant::now() + self.checkout_timeout;
         loop {
             let Some(generation) = self.current() else {
                 let reason = self
@@ -187,7 +184,11 @@ impl TargetRuntime {
             };
             match generation.pool.get().await {
                 Ok(conn) => return Ok(Checkout { generation, conn }),
-                Err(PoolError::Draining) if tokio::time::Instant::now() < deadline => continue,
+                Err(PoolError::Draining)
+                    if self.current().is_some_and(|now| now.id != generation.id) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             }
         }

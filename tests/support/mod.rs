@@ -2,6 +2,7 @@
 //! canary secrets whose appearance anywhere in output is a leak.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod logs;
 pub mod pg;
 pub mod pki;

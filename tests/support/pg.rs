@@ -290,6 +290,34 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Stops the server (fast shutdown: sessions are terminated), keeping its data and port.
+    pub fn stop(&self) {
+        run(
+            {
+                let mut c = pg_command("pg_ctl");
+                c.arg("-D").arg(self.dir.path().join("data")).args(["-m", "fast", "-w", "stop"]);
+                c
+            },
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
+        run(
+            {
+                let mut c = pg_command("pg_ctl");
+                c.arg("-D")
+                    .arg(self.dir.path().join("data"))
+                    .arg("-l")
+                    .arg(self.dir.path().join("server.log"))
+                    .args(["-w", "-t", "30", "start"]);
+                c
+            },
+            "pg_ctl start",
+        );
+    }
+
     /// The server log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
