@@ -72,16 +72,33 @@ async fn aws_rotation(sm: &Sm, db: &Cluster, id: &str, user: &str, password: &st
 
 /// Prints the median and worst of each rotation step, for the record.
 fn print_steps(label: &str, reports: &[credswap::rotation::RotationReport]) {
-    for step in [Step::Fetch, Step::Connect, Step::Verify, Step::Warm, Step::Swap] {
+    for step in [
+        Step::Fetch,
+        Step::Connect,
+        Step::Verify,
+        Step::Warm,
+        Step::Swap,
+    ] {
         let mut ms: Vec<f64> = reports
             .iter()
-            .flat_map(|r| r.steps.iter().filter(|s| s.step == step).map(|s| s.duration.as_secs_f64() * 1000.0))
+            .flat_map(|r| {
+                r.steps
+                    .iter()
+                    .filter(|s| s.step == step)
+                    .map(|s| s.duration.as_secs_f64() * 1000.0)
+            })
             .collect();
         if ms.is_empty() {
             continue;
         }
         ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        eprintln!("{label} {:?}: n={} p50={:.2}ms max={:.2}ms", step, ms.len(), ms[ms.len() / 2], ms[ms.len() - 1]);
+        eprintln!(
+            "{label} {:?}: n={} p50={:.2}ms max={:.2}ms",
+            step,
+            ms.len(),
+            ms[ms.len() / 2],
+            ms[ms.len() - 1]
+        );
     }
 }
 
@@ -90,11 +107,20 @@ async fn run_aws(alternating: bool) {
     let db = Cluster::start_tls();
     let moto = Moto::start();
     let sm = moto.client().await;
-    let users = if alternating { vec!["app_a", "app_b"] } else { vec!["app"] };
+    let users = if alternating {
+        vec!["app_a", "app_b"]
+    } else {
+        vec!["app"]
+    };
     for u in &users {
         db.create_role(u, "initial-pw").await;
     }
-    sm.create_secret().name("prod/app").secret_string(rds(users[0], "initial-pw")).send().await.unwrap();
+    sm.create_secret()
+        .name("prod/app")
+        .secret_string(rds(users[0], "initial-pw"))
+        .send()
+        .await
+        .unwrap();
     let mut t = target(&db, "app", aws(&moto, "prod/app"));
     t.pool.max_size = 12;
     let engine = Engine::start(&Config::for_targets(vec![t]));
@@ -104,18 +130,26 @@ async fn run_aws(alternating: bool) {
     let mut events = engine.subscribe();
 
     let (stop_tx, stop) = watch::channel(false);
-    let tasks: Vec<_> = (0..TASKS).map(|_| tokio::spawn(load(target.clone(), stop.clone()))).collect();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| tokio::spawn(load(target.clone(), stop.clone())))
+        .collect();
     let mut reports = Vec::new();
     for i in 0..ROTATIONS {
         let user = users[(i + 1) % users.len()];
         let password = format!("rotated-{i}-{}", rand::random::<u32>());
         let version = aws_rotation(&sm, &db, "prod/app", user, &password).await;
-        let report = target.rotate(Trigger::Api, false, true).await.unwrap().unwrap();
+        let report = target
+            .rotate(Trigger::Api, false, true)
+            .await
+            .unwrap()
+            .unwrap();
         match report.outcome {
             Outcome::Swapped { .. } => reports.push(report),
             // The live pool saw the new password first and already rotated through AWSPENDING.
             Outcome::Unchanged { .. } => {}
-            Outcome::Failed { step, ref error } => panic!("rotation {i} failed at {step:?}: {error}"),
+            Outcome::Failed { step, ref error } => {
+                panic!("rotation {i} failed at {step:?}: {error}")
+            }
         }
         let current = target.current().unwrap();
         assert_eq!(current.credential_version, version, "rotation {i}");
@@ -129,21 +163,43 @@ async fn run_aws(alternating: bool) {
         ok += r.ok;
         failures.extend(r.failures);
     }
-    assert!(failures.is_empty(), "{} failed queries, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} failed queries, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     assert!(ok > 1000, "the load ran ({ok} queries)");
     let current = target.current().unwrap();
-    assert_eq!(current.id, 1 + ROTATIONS as u64, "every rotation swapped a new generation in");
+    assert_eq!(
+        current.id,
+        1 + ROTATIONS as u64,
+        "every rotation swapped a new generation in"
+    );
 
     // Every old generation drains; then none of its sessions is left on the server.
     let mut drained = 0;
     while drained < ROTATIONS {
-        wait_event(&mut events, Duration::from_secs(10), |e| matches!(e.kind, EventKind::DrainFinished { .. })).await;
+        wait_event(&mut events, Duration::from_secs(10), |e| {
+            matches!(e.kind, EventKind::DrainFinished { .. })
+        })
+        .await;
         drained += 1;
     }
     let stale = stale_sessions(&db, "app", current.id).await;
-    assert!(stale.is_empty(), "sessions of old generations remain: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "sessions of old generations remain: {stale:?}"
+    );
     eprintln!("{} queries, 0 failed, {ROTATIONS} rotations", ok);
-    print_steps(if alternating { "aws alternating" } else { "aws single-user" }, &reports);
+    print_steps(
+        if alternating {
+            "aws alternating"
+        } else {
+            "aws single-user"
+        },
+        &reports,
+    );
     engine.shutdown().await;
     support::assert_no_canary("logs", &support::logs::captured());
 }
@@ -163,8 +219,17 @@ async fn openbao_dynamic_credentials_across_three_lease_expiries() {
     let db = Cluster::start_tls();
     let bao = Bao::start();
     db.create_role("vaultadmin", "vault-admin-pw").await;
-    db.admin().await.batch_execute("ALTER ROLE vaultadmin SUPERUSER").await.unwrap();
-    bao.call("POST", "sys/mounts/database", Some(serde_json::json!({"type": "database"}))).await;
+    db.admin()
+        .await
+        .batch_execute("ALTER ROLE vaultadmin SUPERUSER")
+        .await
+        .unwrap();
+    bao.call(
+        "POST",
+        "sys/mounts/database",
+        Some(serde_json::json!({"type": "database"})),
+    )
+    .await;
     bao.call(
         "POST",
         "database/config/pg",
@@ -192,7 +257,9 @@ async fn openbao_dynamic_credentials_across_three_lease_expiries() {
         address: bao.address(),
         ca_file: None,
         namespace: None,
-        auth: VaultAuth::Token { token_file: Some(token_file) },
+        auth: VaultAuth::Token {
+            token_file: Some(token_file),
+        },
         engine: VaultEngine::Database,
         mount: None,
         path: None,
@@ -203,24 +270,48 @@ async fn openbao_dynamic_credentials_across_three_lease_expiries() {
         timeout: Duration::from_secs(5),
     });
     let engine = Engine::start(&Config::for_targets(vec![target(&db, "dyn", source)]));
-    assert!(engine.wait_ready(Duration::from_secs(10)).await.not_ready.is_empty());
+    assert!(engine
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .not_ready
+        .is_empty());
     let target = engine.target("dyn").unwrap().clone();
     let first = target.current().unwrap();
     assert_eq!(first.lease.as_ref().unwrap().ttl, Duration::from_secs(15));
     let mut events = engine.subscribe();
     let (stop_tx, stop) = watch::channel(false);
-    let tasks: Vec<_> = (0..TASKS).map(|_| tokio::spawn(load(target.clone(), stop.clone()))).collect();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| tokio::spawn(load(target.clone(), stop.clone())))
+        .collect();
 
     // Three lease-driven rotations, each before its lease expired, each old lease revoked.
     let mut users = vec![first.username.clone()];
     for _ in 0..3 {
-        let e = wait_event(&mut events, Duration::from_secs(20), |e| swapped(e).is_some()).await;
-        let EventKind::RotationFinished(r) = &e.kind else { unreachable!() };
+        // (The start-up rotation's own event may arrive after we subscribed: skip it.)
+        let e = wait_event(&mut events, Duration::from_secs(20), |e| {
+            swapped(e).is_some_and(|g| g > 1)
+        })
+        .await;
+        let EventKind::RotationFinished(r) = &e.kind else {
+            unreachable!()
+        };
         assert_eq!(r.trigger, Trigger::Lease);
         let g = target.current().unwrap();
         users.push(g.username.clone());
-        let e = wait_event(&mut events, Duration::from_secs(10), |e| matches!(e.kind, EventKind::DrainFinished { .. })).await;
-        assert!(matches!(e.kind, EventKind::DrainFinished { lease_revoked: Some(true), .. }), "{e:?}");
+        let e = wait_event(&mut events, Duration::from_secs(10), |e| {
+            matches!(e.kind, EventKind::DrainFinished { .. })
+        })
+        .await;
+        assert!(
+            matches!(
+                e.kind,
+                EventKind::DrainFinished {
+                    lease_revoked: Some(true),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
     stop_tx.send_replace(true);
     let mut failures = Vec::new();
@@ -230,7 +321,12 @@ async fn openbao_dynamic_credentials_across_three_lease_expiries() {
         ok += r.ok;
         failures.extend(r.failures);
     }
-    assert!(failures.is_empty(), "{} failed queries, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} failed queries: {:#?}",
+        failures.len(),
+        failures
+    );
     eprintln!("{ok} queries across 3 lease expiries, 0 failed");
     let current = target.current().unwrap();
     assert_eq!(current.id, 4);
@@ -238,7 +334,11 @@ async fn openbao_dynamic_credentials_across_three_lease_expiries() {
     // Revoked leases dropped their users.
     let admin = db.admin().await;
     for old in &users[..3] {
-        let n: i64 = admin.query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[old]).await.unwrap().get(0);
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[old])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 0, "user {old} of a revoked lease still exists");
     }
     engine.shutdown().await;

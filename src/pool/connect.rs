@@ -73,7 +73,10 @@ impl ConnectPlan {
 
     /// Sends a cancel request for the statement running on the token's connection, over the
     /// same TLS settings the connection used.
-    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), tokio_postgres::Error> {
+    pub async fn cancel(
+        &self,
+        token: &tokio_postgres::CancelToken,
+    ) -> Result<(), tokio_postgres::Error> {
         match &self.tls {
             Some(tls) => token.cancel_query(tls.clone()).await,
             None => token.cancel_query(NoTls).await,

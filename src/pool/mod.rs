@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bb8::{PooledConnection, RunError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{CancelToken, Client};
 
 pub use connect::ConnectPlan;
@@ -56,6 +56,22 @@ impl BuildOptions {
     }
 }
 
+/// Counts a request as queued for as long as it lives.
+struct Queued<'a>(&'a AtomicU64);
+
+impl<'a> Queued<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Queued(counter)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Checked-out connections, with what is needed to cancel their statements.
 #[derive(Default)]
 struct InUse {
@@ -64,8 +80,14 @@ struct InUse {
 }
 
 /// A pool whose credentials, identity and TLS state were checked on a real connection.
+///
+/// Checkouts queue first on a FIFO semaphore with one permit per connection: bb8's own wait
+/// is not fair (a task that just returned a connection can take it again before a woken
+/// waiter runs), which under overload starves some requests past their timeout.
 pub struct VerifiedPool {
     pool: bb8::Pool<Manager>,
+    permits: Arc<Semaphore>,
+    waiting: AtomicU64,
     plan: Arc<ConnectPlan>,
     health: Arc<PoolHealth>,
     drain: Arc<DrainState>,
@@ -78,7 +100,9 @@ pub struct VerifiedPool {
 
 /// A connection checked out of a [`VerifiedPool`]; it goes back when dropped.
 pub struct PoolConnection {
+    // Field order is drop order: the connection goes back before the permit is released.
     conn: PooledConnection<'static, Manager>,
+    _permit: OwnedSemaphorePermit,
     in_use: Arc<InUse>,
     id: u64,
 }
@@ -92,7 +116,9 @@ impl std::ops::Deref for PoolConnection {
 
 impl std::fmt::Debug for PoolConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolConnection").field("id", &self.id).finish()
+        f.debug_struct("PoolConnection")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -162,6 +188,8 @@ impl VerifiedPool {
         let _ = pool.add(client);
         Ok(VerifiedPool {
             pool,
+            permits: Arc::new(Semaphore::new(settings.max_size as usize)),
+            waiting: AtomicU64::new(0),
             plan,
             health,
             drain,
@@ -178,18 +206,35 @@ impl VerifiedPool {
     /// [`PoolError::Draining`] as soon as the pool starts draining, also while waiting.
     pub async fn get(&self) -> Result<PoolConnection, PoolError> {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.checkout_timeout;
         let mut drained = self.drain.started.subscribe();
-        loop {
-            if self.drain.is_draining() {
-                return Err(PoolError::Draining);
+        if self.drain.is_draining() {
+            return Err(PoolError::Draining);
+        }
+        let timed_out = || {
+            self.health.record_checkout_timeout();
+            PoolError::CheckoutTimeout {
+                waited: started.elapsed(),
+                last_error: self.health.last_error().map(|(_, e)| e),
             }
+        };
+        let queued = Queued::new(&self.waiting);
+        let permit = tokio::select! {
+            p = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()) => match p {
+                Ok(p) => p.expect("the semaphore is never closed"),
+                Err(_) => return Err(timed_out()),
+            },
+            _ = drained.wait_for(|d| *d) => return Err(PoolError::Draining),
+        };
+        drop(queued);
+        loop {
             let got = tokio::select! {
-                got = self.pool.get_owned() => got,
+                got = tokio::time::timeout_at(deadline, self.pool.get_owned()) => got,
                 _ = drained.wait_for(|d| *d) => return Err(PoolError::Draining),
             };
             match got {
-                Ok(conn) if conn.is_closed() => continue,
-                Ok(conn) => {
+                Ok(Ok(conn)) if conn.is_closed() => continue,
+                Ok(Ok(conn)) => {
                     let id = self.in_use.next.fetch_add(1, Ordering::Relaxed);
                     self.in_use
                         .tokens
@@ -198,21 +243,21 @@ impl VerifiedPool {
                         .insert(id, conn.cancel_token());
                     return Ok(PoolConnection {
                         conn,
+                        _permit: permit,
                         in_use: self.in_use.clone(),
                         id,
                     });
                 }
-                Err(RunError::User(ConnectError::Draining)) => return Err(PoolError::Draining),
-                Err(RunError::User(e)) => return Err(PoolError::Connect(e)),
-                Err(RunError::TimedOut) => {
-                    self.health.record_checkout_timeout();
-                    return Err(PoolError::CheckoutTimeout {
-                        waited: started.elapsed().max(self.checkout_timeout),
-                        last_error: self.health.last_error().map(|(_, e)| e),
-                    });
-                }
+                Ok(Err(RunError::User(ConnectError::Draining))) => return Err(PoolError::Draining),
+                Ok(Err(RunError::User(e))) => return Err(PoolError::Connect(e)),
+                Ok(Err(RunError::TimedOut)) | Err(_) => return Err(timed_out()),
             }
         }
+    }
+
+    /// Requests queued for a connection right now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Opens connections until the pool holds `n` (at most its maximum), in parallel, so a new
@@ -271,7 +316,9 @@ impl VerifiedPool {
         for token in tokens {
             match self.plan.cancel(&token).await {
                 Ok(()) => sent += 1,
-                Err(e) => tracing::warn!(error = %e, "could not cancel a statement on a draining pool"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not cancel a statement on a draining pool")
+                }
             }
         }
         sent

@@ -55,7 +55,11 @@ pub async fn drain(generation: &Generation, timeout: Duration) -> DrainReport {
     }
     let abandoned = pool.state().connections;
     if abandoned > 0 {
-        tracing::warn!(generation = generation.id, connections = abandoned, "connections still checked out after the drain deadline and grace period");
+        tracing::warn!(
+            generation = generation.id,
+            connections = abandoned,
+            "connections still checked out after the drain deadline and grace period"
+        );
     }
     DrainReport {
         duration: started.elapsed(),
@@ -72,10 +76,10 @@ pub(crate) async fn retire(
     timeout: Duration,
     revoke: Option<Arc<dyn SecretSource>>,
 ) {
-    target
-        .shared()
-        .draining
-        .insert(generation.id, (generation.clone(), SystemTime::now() + timeout));
+    target.shared().draining.insert(
+        generation.id,
+        (generation.clone(), SystemTime::now() + timeout),
+    );
     let report = drain(&generation, timeout).await;
     let lease_revoked = match (&revoke, &generation.lease) {
         (Some(source), Some(lease)) => match source.revoke(lease).await {

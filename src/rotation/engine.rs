@@ -99,7 +99,9 @@ impl Engine {
             } else {
                 let status = t.status();
                 let why = match status.last_rotation.map(|r| r.outcome) {
-                    Some(Outcome::Failed { step, error }) => format!("{} failed: {error}", step.as_str()),
+                    Some(Outcome::Failed { step, error }) => {
+                        format!("{} failed: {error}", step.as_str())
+                    }
                     _ => match status.state {
                         TargetState::Starting => format!("still starting after {timeout:?}"),
                         _ => status.reason.unwrap_or_else(|| "no live generation".into()),

@@ -44,7 +44,10 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(application_name(None, "app_rw", 7), "credswap/app_rw/g7");
-        assert_eq!(application_name(Some("billing"), "app_rw", 12), "billing/g12");
+        assert_eq!(
+            application_name(Some("billing"), "app_rw", 12),
+            "billing/g12"
+        );
         let long = "x".repeat(80);
         let n = application_name(Some(&long), "t", 123);
         assert_eq!(n.len(), 63);

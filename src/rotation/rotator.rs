@@ -32,7 +32,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn merge(&mut self, trigger: Trigger, force: bool, reply: Option<oneshot::Sender<RotationReport>>) {
+    fn merge(
+        &mut self,
+        trigger: Trigger,
+        force: bool,
+        reply: Option<oneshot::Sender<RotationReport>>,
+    ) {
         // Start-up and authentication failures outrank the rest: they run without waiting.
         if !matches!(self.trigger, Trigger::Startup | Trigger::AuthFailure) {
             self.trigger = trigger;
@@ -77,7 +82,10 @@ fn with_overrides(conn: &ConnInfo, creds: &Credentials) -> ConnInfo {
     let mut conn = conn.clone();
     let o = &creds.overrides;
     if let Some(host) = &o.host {
-        let port = o.port.or(conn.servers.first().map(|s| s.port)).unwrap_or(5432);
+        let port = o
+            .port
+            .or(conn.servers.first().map(|s| s.port))
+            .unwrap_or(5432);
         conn.servers = vec![crate::dsn::Server {
             host: Host::Tcp(host.clone()),
             port,
@@ -133,7 +141,12 @@ impl Rotator {
         }
     }
 
-    fn push(&mut self, trigger: Trigger, force: bool, reply: Option<oneshot::Sender<RotationReport>>) {
+    fn push(
+        &mut self,
+        trigger: Trigger,
+        force: bool,
+        reply: Option<oneshot::Sender<RotationReport>>,
+    ) {
         match &mut self.pending {
             Some(p) => p.merge(trigger, force, reply),
             None => {
@@ -278,7 +291,8 @@ impl Rotator {
         let rotation = self.rotations;
         let started_at = SystemTime::now();
         let name = self.target.name().to_string();
-        self.target.emit(EventKind::RotationStarted { rotation, trigger });
+        self.target
+            .emit(EventKind::RotationStarted { rotation, trigger });
         let mut steps = Vec::new();
         let outcome = self.attempt(rotation, trigger, force, &mut steps).await;
         let report = RotationReport {
@@ -294,15 +308,33 @@ impl Rotator {
         report
     }
 
-    async fn attempt(&mut self, rotation: u64, trigger: Trigger, force: bool, steps: &mut Vec<StepTiming>) -> Outcome {
+    async fn attempt(
+        &mut self,
+        rotation: u64,
+        trigger: Trigger,
+        force: bool,
+        steps: &mut Vec<StepTiming>,
+    ) -> Outcome {
         let t = Instant::now();
-        self.target.emit(EventKind::Step { rotation, step: Step::Fetch });
+        self.target.emit(EventKind::Step {
+            rotation,
+            step: Step::Fetch,
+        });
         let mut creds = match self.fetch(Stage::Current).await {
             Ok(c) => c,
-            Err(error) => return Outcome::Failed { step: Step::Fetch, error },
+            Err(error) => {
+                return Outcome::Failed {
+                    step: Step::Fetch,
+                    error,
+                }
+            }
         };
         let current = self.target.current();
-        let same = |c: &Credentials| current.as_ref().is_some_and(|g| g.credential_version == c.version);
+        let same = |c: &Credentials| {
+            current
+                .as_ref()
+                .is_some_and(|g| g.credential_version == c.version)
+        };
         if trigger == Trigger::AuthFailure && same(&creds) {
             // Single-user rotation between its setSecret and finishSecret steps: the database
             // already has the pending password. Only AWS has stages; others say Unsupported.
@@ -313,39 +345,70 @@ impl Rotator {
                 }
             }
         }
-        steps.push(StepTiming { step: Step::Fetch, duration: t.elapsed() });
+        steps.push(StepTiming {
+            step: Step::Fetch,
+            duration: t.elapsed(),
+        });
         if !force && trigger != Trigger::AuthFailure && same(&creds) {
             self.schedule(&creds);
-            return Outcome::Unchanged { generation: current.map(|g| g.id) };
+            return Outcome::Unchanged {
+                generation: current.map(|g| g.id),
+            };
         }
 
-        self.target.emit(EventKind::Step { rotation, step: Step::Connect });
+        self.target.emit(EventKind::Step {
+            rotation,
+            step: Step::Connect,
+        });
         let id = self.generations + 1;
         let conn = with_overrides(&self.cfg.conn, &creds);
         let options = BuildOptions {
-            application_name: application_name(self.cfg.conn.application_name.as_deref(), &self.cfg.name, id),
+            application_name: application_name(
+                self.cfg.conn.application_name.as_deref(),
+                &self.cfg.name,
+                id,
+            ),
             on_auth_failure: Some(self.target.auth_failure.clone()),
         };
         let pool = match VerifiedPool::build(&conn, &self.cfg.pool, &creds, options).await {
             Ok(p) => p,
-            Err(e) => return Outcome::Failed { step: failed_step(&e), error: e.to_string() },
+            Err(e) => {
+                return Outcome::Failed {
+                    step: failed_step(&e),
+                    error: e.to_string(),
+                }
+            }
         };
         let timings = pool.timings();
-        steps.push(StepTiming { step: Step::Connect, duration: timings.connect });
-        steps.push(StepTiming { step: Step::Verify, duration: timings.verify });
+        steps.push(StepTiming {
+            step: Step::Connect,
+            duration: timings.connect,
+        });
+        steps.push(StepTiming {
+            step: Step::Verify,
+            duration: timings.verify,
+        });
         if trigger == Trigger::AuthFailure && same(&creds) && !force {
             // The refusal was passing: the credentials work. Keep the live generation.
             self.schedule(&creds);
-            return Outcome::Unchanged { generation: current.map(|g| g.id) };
+            return Outcome::Unchanged {
+                generation: current.map(|g| g.id),
+            };
         }
         // Take over the live generation's load without a burst of connects after the swap.
         let busy = current.as_ref().map_or(0, |g| g.pool.state().connections);
         let want = busy.max(self.cfg.pool.min_idle);
         if want > 1 {
-            self.target.emit(EventKind::Step { rotation, step: Step::Warm });
+            self.target.emit(EventKind::Step {
+                rotation,
+                step: Step::Warm,
+            });
             let t = Instant::now();
             pool.warm(want).await;
-            steps.push(StepTiming { step: Step::Warm, duration: t.elapsed() });
+            steps.push(StepTiming {
+                step: Step::Warm,
+                duration: t.elapsed(),
+            });
         }
 
         let t = Instant::now();
@@ -359,13 +422,24 @@ impl Rotator {
             lease: creds.lease.clone(),
         });
         let old = self.target.swap(generation);
-        steps.push(StepTiming { step: Step::Swap, duration: t.elapsed() });
+        steps.push(StepTiming {
+            step: Step::Swap,
+            duration: t.elapsed(),
+        });
         self.generations = id;
         self.schedule(&creds);
         if let Some(old) = old {
-            self.target.emit(EventKind::Step { rotation, step: Step::Drain });
+            self.target.emit(EventKind::Step {
+                rotation,
+                step: Step::Drain,
+            });
             let revoke = self.revoker();
-            self.drains.spawn(retire(self.target.clone(), old, self.cfg.drain_timeout, revoke));
+            self.drains.spawn(retire(
+                self.target.clone(),
+                old,
+                self.cfg.drain_timeout,
+                revoke,
+            ));
         }
         Outcome::Swapped { generation: id }
     }
@@ -393,8 +467,15 @@ impl Rotator {
         let (state, reason, error) = match &report.outcome {
             Outcome::Failed { step, error } => {
                 self.failures += 1;
-                let cap = self.cfg.retry.max.min(self.cfg.retry.initial.saturating_mul(1 << self.failures.min(20).saturating_sub(1)));
-                let backoff = cap.mul_f64(rand::random_range(0.0..=1.0)).max(Duration::from_millis(10));
+                let cap = self.cfg.retry.max.min(
+                    self.cfg
+                        .retry
+                        .initial
+                        .saturating_mul(1 << self.failures.min(20).saturating_sub(1)),
+                );
+                let backoff = cap
+                    .mul_f64(rand::random_range(0.0..=1.0))
+                    .max(Duration::from_millis(10));
                 let wait = backoff.max(self.breaker.wait());
                 self.retry_at = Some(Instant::now() + wait);
                 tracing::warn!(target_name = %name, trigger = %report.trigger, step = ?step, error = %error, retry_in_ms = wait.as_millis() as u64, "rotation failed; the live generation keeps serving");
@@ -415,23 +496,34 @@ impl Rotator {
             }
         };
         let (state, reason) = if state == TargetState::Ready && self.target.current().is_none() {
-            (TargetState::Degraded, Some("no live generation".to_string()))
+            (
+                TargetState::Degraded,
+                Some("no live generation".to_string()),
+            )
         } else {
             (state, reason)
         };
         {
             let mut s = self.target.shared();
             s.last_rotation = Some(report.clone());
-            s.last_error = error.or_else(|| if state == TargetState::Ready { None } else { s.last_error.clone() });
+            s.last_error = error.or_else(|| {
+                if state == TargetState::Ready {
+                    None
+                } else {
+                    s.last_error.clone()
+                }
+            });
             s.breaker = self.breaker.state();
             let next = [Some(self.refresh_at), self.lease_at, self.retry_at]
                 .into_iter()
                 .flatten()
                 .min()
                 .expect("the refresh timer is always set");
-            s.next_fetch_at = Some(SystemTime::now() + next.saturating_duration_since(Instant::now()));
+            s.next_fetch_at =
+                Some(SystemTime::now() + next.saturating_duration_since(Instant::now()));
         }
         self.target.set_state(state, reason);
-        self.target.emit(EventKind::RotationFinished(report.clone()));
+        self.target
+            .emit(EventKind::RotationFinished(report.clone()));
     }
 }

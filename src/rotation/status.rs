@@ -8,7 +8,10 @@ use serde::Serialize;
 use super::breaker::BreakerState;
 use super::{RotationReport, Step};
 
-pub(crate) fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_time<S: serde::Serializer>(
+    t: &SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
 }
 
@@ -112,9 +115,16 @@ pub struct Event {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
-    RotationStarted { rotation: u64, trigger: super::Trigger },
+    RotationStarted {
+        rotation: u64,
+        trigger: super::Trigger,
+    },
     RotationFinished(RotationReport),
-    StateChanged { from: TargetState, to: TargetState, reason: Option<String> },
+    StateChanged {
+        from: TargetState,
+        to: TargetState,
+        reason: Option<String>,
+    },
     DrainFinished {
         generation: u64,
         #[serde(serialize_with = "super::serialize_ms")]
@@ -123,5 +133,8 @@ pub enum EventKind {
         lease_revoked: Option<bool>,
     },
     /// A step of a rotation in progress, for clients that show progress.
-    Step { rotation: u64, step: Step },
+    Step {
+        rotation: u64,
+        step: Step,
+    },
 }

@@ -239,7 +239,7 @@ impl TargetRuntime {
                     connections: st.connections,
                     idle: st.idle_connections,
                     in_use: st.connections.saturating_sub(st.idle_connections),
-                    waiting: st.statistics.pending_gets(),
+                    waiting: g.pool.waiting(),
                     checkout_timeouts: g.pool.health().checkout_timeouts(),
                     connect_failures: g.pool.health().connect_failures(),
                     last_connect_error: g.pool.health().last_error().map(|(_, e)| e.to_string()),

@@ -14,7 +14,10 @@ use super::pg::{pki, Cluster};
 pub fn target(db: &Cluster, name: &str, source: Source) -> Target {
     let conn = ConnInfo::parse(&db.url(
         "localhost",
-        &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display()),
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            pki().ca_cert().display()
+        ),
     ))
     .unwrap();
     let mut t = Target::new(name, conn, source);
@@ -38,14 +41,24 @@ pub async fn load(target: Arc<TargetRuntime>, mut stop: watch::Receiver<bool>) -
     while !*stop.borrow() {
         let outcome = async {
             let t = std::time::Instant::now();
-            let conn = target.checkout().await.map_err(|e| format!("{e} after {:?}", t.elapsed()))?;
+            let conn = target.checkout().await.map_err(|e| {
+                format!(
+                    "{e} after {:?} (at {:?}, gen now {:?})",
+                    t.elapsed(),
+                    std::time::SystemTime::now(),
+                    target.current().map(|g| g.id)
+                )
+            })?;
             let row = conn
                 .query_one("SELECT current_user::text, pg_sleep(0.001)::text", &[])
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             let user: String = row.get(0);
             if user != conn.generation.username {
-                return Err(format!("ran as {user} on a pool for {}", conn.generation.username));
+                return Err(format!(
+                    "ran as {user} on a pool for {}",
+                    conn.generation.username
+                ));
             }
             Ok::<(), String>(())
         };

@@ -295,7 +295,9 @@ impl Cluster {
         run(
             {
                 let mut c = pg_command("pg_ctl");
-                c.arg("-D").arg(self.dir.path().join("data")).args(["-m", "fast", "-w", "stop"]);
+                c.arg("-D")
+                    .arg(self.dir.path().join("data"))
+                    .args(["-m", "fast", "-w", "stop"]);
                 c
             },
             "pg_ctl stop",
