@@ -459,3 +459,48 @@ async fn a_storm_of_triggers_causes_at_most_two_rotations() {
     );
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn startup_names_the_target_the_step_and_the_cause() {
+    let db = Cluster::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    db.create_role("app", "pw-1").await;
+    write_secret(&good, "app", "pw-1");
+    let missing = dir.path().join("missing.json");
+    let engine = Engine::start(&Config::for_targets(vec![
+        target(&db, "good", file_source(&good)),
+        target(&db, "bad", file_source(&missing)),
+    ]));
+    let report = engine.wait_ready(Duration::from_secs(2)).await;
+    assert_eq!(report.ready, vec!["good".to_string()]);
+    assert_eq!(
+        report.not_ready,
+        vec![(
+            "bad".to_string(),
+            format!(
+                "fetch failed: credentials file {} not found",
+                missing.display()
+            )
+        )]
+    );
+    assert_eq!(
+        engine.target("bad").unwrap().status().state,
+        TargetState::Degraded
+    );
+    // It keeps retrying: once the file appears, the target comes up.
+    let mut events = engine.subscribe();
+    write_secret(&missing, "app", "pw-1");
+    wait_event(&mut events, Duration::from_secs(10), |e| {
+        e.target == "bad"
+            && matches!(
+                e.kind,
+                EventKind::StateChanged {
+                    to: TargetState::Ready,
+                    ..
+                }
+            )
+    })
+    .await;
+    engine.shutdown().await;
+}
