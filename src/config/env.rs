@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::types::ApiConfig;
 use super::validate::{check_tls_files, check_url, tls_warnings, Collector};
 use super::{Api, Config, ConfigErrors, Source, Target};
 use crate::tls::{RootCert, SslMode};
@@ -70,15 +69,10 @@ pub fn environment_only(env: &dyn Env) -> Result<Config, ConfigErrors> {
         return c.finish(unreachable_config());
     };
     check_tls_files(&conn, "DATABASE_URL", &mut c);
-    let api = ApiConfig::default();
     let mut config = c.finish(Config {
         file: None,
         daemon: Default::default(),
-        api: Api {
-            socket: api.socket,
-            socket_mode: 0o660,
-            admin_uids: api.admin_uids,
-        },
+        api: Api::defaults(),
         targets: vec![Target::new(DEFAULT_TARGET, conn, source)],
         warnings: Vec::new(),
     })?;
@@ -91,11 +85,7 @@ fn unreachable_config() -> Config {
     Config {
         file: None,
         daemon: Default::default(),
-        api: Api {
-            socket: PathBuf::new(),
-            socket_mode: 0,
-            admin_uids: vec![],
-        },
+        api: Api::defaults(),
         targets: vec![],
         warnings: vec![],
     }

@@ -5,6 +5,7 @@
 //! (`target[1].pool.max_size`), what is wrong, and how to fix it. All errors are collected, not
 //! just the first, so one `check-config` run shows everything to mend.
 
+pub mod access;
 pub mod duration;
 mod env;
 mod render;
@@ -41,12 +42,38 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// The API section, with the socket mode parsed.
+/// The API section, with the socket mode and group resolved.
 #[derive(Clone, Debug)]
 pub struct Api {
     pub socket: PathBuf,
     pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub socket_gid: Option<u32>,
     pub admin_uids: Vec<u32>,
+    pub max_body_bytes: usize,
+    pub max_rows: usize,
+    pub max_response_bytes: usize,
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
+}
+
+impl Api {
+    /// The API settings of a configuration without an `[api]` table.
+    pub fn defaults() -> Api {
+        let d = ApiConfig::default();
+        Api {
+            socket: d.socket,
+            socket_mode: 0o660,
+            socket_group: None,
+            socket_gid: None,
+            admin_uids: d.admin_uids,
+            max_body_bytes: d.max_body_bytes,
+            max_rows: d.max_rows,
+            max_response_bytes: d.max_response_bytes,
+            rate_limit_per_second: d.rate_limit_per_second,
+            rate_limit_burst: d.rate_limit_burst,
+        }
+    }
 }
 
 /// One validated target.
@@ -60,6 +87,7 @@ pub struct Target {
     pub min_rotation_interval: Duration,
     pub retry: RetrySettings,
     pub breaker: BreakerSettings,
+    pub access: access::Access,
     pub source: Source,
 }
 
@@ -75,6 +103,7 @@ impl Target {
             min_rotation_interval: Duration::from_secs(1),
             retry: RetrySettings::default(),
             breaker: BreakerSettings::default(),
+            access: access::Access::default(),
             source,
         }
     }
@@ -172,15 +201,10 @@ impl Config {
     /// A configuration of just these targets, everything else default (for embedding and
     /// tests; files go through [`Config::load`]).
     pub fn for_targets(targets: Vec<Target>) -> Config {
-        let api = ApiConfig::default();
         Config {
             file: None,
             daemon: DaemonConfig::default(),
-            api: Api {
-                socket: api.socket,
-                socket_mode: 0o660,
-                admin_uids: api.admin_uids,
-            },
+            api: Api::defaults(),
             targets,
             warnings: Vec::new(),
         }

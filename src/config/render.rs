@@ -20,7 +20,14 @@ struct Effective<'a> {
 struct EffectiveApi<'a> {
     socket: String,
     socket_mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_group: Option<String>,
     admin_uids: &'a [u32],
+    max_body_bytes: usize,
+    max_rows: usize,
+    max_response_bytes: usize,
+    rate_limit_per_second: f64,
+    rate_limit_burst: u32,
 }
 
 #[derive(Serialize)]
@@ -33,6 +40,8 @@ struct EffectiveTarget<'a> {
     pool: &'a PoolSettings,
     retry: &'a RetrySettings,
     breaker: &'a BreakerSettings,
+    allow_uids: Vec<u32>,
+    allow_gids: Vec<u32>,
     source: EffectiveSource,
 }
 
@@ -56,7 +65,13 @@ pub fn render_effective(config: &Config) -> String {
         api: EffectiveApi {
             socket: config.api.socket.display().to_string(),
             socket_mode: format!("{:04o}", config.api.socket_mode),
+            socket_group: config.api.socket_group.clone(),
             admin_uids: &config.api.admin_uids,
+            max_body_bytes: config.api.max_body_bytes,
+            max_rows: config.api.max_rows,
+            max_response_bytes: config.api.max_response_bytes,
+            rate_limit_per_second: config.api.rate_limit_per_second,
+            rate_limit_burst: config.api.rate_limit_burst,
         },
         target: config
             .targets
@@ -70,6 +85,8 @@ pub fn render_effective(config: &Config) -> String {
                 pool: &t.pool,
                 retry: &t.retry,
                 breaker: &t.breaker,
+                allow_uids: t.access.uids.iter().copied().collect(),
+                allow_gids: t.access.gids.iter().copied().collect(),
                 source: match &t.source {
                     Source::File(f) => EffectiveSource::File(f.clone()),
                     Source::Aws(a) => EffectiveSource::Aws(a.clone()),

@@ -69,9 +69,27 @@ pub struct ApiConfig {
     /// File mode of the socket, octal as in `chmod`.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: String,
-    /// Peers (by uid) that may rotate and reload.
+    /// Group owning the socket file (with `socket_mode` 0660, its members may connect).
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Peers (by uid) that may rotate, reload and use every target.
     #[serde(default = "default_admin_uids")]
     pub admin_uids: Vec<u32>,
+    /// Largest request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Default and ceiling of rows one query may return.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Largest JSON response of a query.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+    /// Requests per second each peer uid may make (token bucket); 0 turns it off.
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_second: f64,
+    /// Burst size of the token bucket.
+    #[serde(default = "default_burst")]
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -79,9 +97,31 @@ impl Default for ApiConfig {
         ApiConfig {
             socket: default_socket(),
             socket_mode: default_socket_mode(),
+            socket_group: None,
             admin_uids: default_admin_uids(),
+            max_body_bytes: default_max_body(),
+            max_rows: default_max_rows(),
+            max_response_bytes: default_max_response(),
+            rate_limit_per_second: default_rate(),
+            rate_limit_burst: default_burst(),
         }
     }
+}
+
+fn default_max_body() -> usize {
+    1 << 20
+}
+fn default_max_rows() -> usize {
+    10_000
+}
+fn default_max_response() -> usize {
+    16 << 20
+}
+fn default_rate() -> f64 {
+    1000.0
+}
+fn default_burst() -> u32 {
+    2000
 }
 
 fn default_socket() -> PathBuf {
@@ -116,6 +156,15 @@ pub struct TargetConfig {
     pub retry: RetrySettings,
     #[serde(default)]
     pub breaker: BreakerSettings,
+    /// Peers that may use this target, by uid, gid, user name or group name.
+    #[serde(default)]
+    pub allow_uids: Vec<u32>,
+    #[serde(default)]
+    pub allow_gids: Vec<u32>,
+    #[serde(default)]
+    pub allow_users: Vec<String>,
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
     pub source: SourceConfig,
 }
 
@@ -221,6 +270,13 @@ pub struct PoolSettings {
     /// Deadline for opening one connection, TLS and authentication included.
     #[serde(default = "default_connect", with = "duration")]
     pub connect_timeout: Duration,
+    /// A connection held longer than this is logged and counted as a possible leak.
+    #[serde(default = "default_leak", with = "duration")]
+    pub leak_threshold: Duration,
+}
+
+fn default_leak() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for PoolSettings {
@@ -233,6 +289,7 @@ impl Default for PoolSettings {
             idle_timeout: default_idle(),
             max_lifetime: default_lifetime(),
             connect_timeout: default_connect(),
+            leak_threshold: default_leak(),
         }
     }
 }

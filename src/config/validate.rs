@@ -114,6 +114,7 @@ pub fn validate(
                 min_rotation_interval: t.min_rotation_interval,
                 retry: t.retry,
                 breaker: t.breaker,
+                access: check_access(t, &at, &mut c),
                 source: check_source(&t.source, &format!("{at}.source"), &mut c),
             });
         }
@@ -150,10 +151,39 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
             ),
         );
     }
+    let socket_gid = raw.api.socket_group.as_ref().and_then(|g| {
+        let gid = super::access::group_id(g);
+        if gid.is_none() {
+            c.error(
+                "api.socket_group".into(),
+                format!("group \"{g}\" does not exist on this host; fix: create it (sysusers.d) or remove socket_group"),
+            );
+        }
+        gid
+    });
+    if raw.api.max_body_bytes == 0 || raw.api.max_rows == 0 || raw.api.max_response_bytes == 0 {
+        c.error(
+            "api".into(),
+            "max_body_bytes, max_rows and max_response_bytes must be more than zero",
+        );
+    }
+    if raw.api.rate_limit_per_second < 0.0 || !raw.api.rate_limit_per_second.is_finite() {
+        c.error(
+            "api.rate_limit_per_second".into(),
+            "must be zero (off) or a positive number",
+        );
+    }
     Api {
         socket: raw.api.socket.clone(),
         socket_mode: mode,
+        socket_group: raw.api.socket_group.clone(),
+        socket_gid,
         admin_uids: raw.api.admin_uids.clone(),
+        max_body_bytes: raw.api.max_body_bytes,
+        max_rows: raw.api.max_rows,
+        max_response_bytes: raw.api.max_response_bytes,
+        rate_limit_per_second: raw.api.rate_limit_per_second,
+        rate_limit_burst: raw.api.rate_limit_burst.max(1),
     }
 }
 
@@ -423,4 +453,34 @@ fn check_http_url(value: &str, key: &str, c: &mut Collector<'_>) {
             ),
         ),
     }
+}
+
+fn check_access(t: &TargetConfig, at: &str, c: &mut Collector<'_>) -> super::access::Access {
+    let mut access = super::access::Access {
+        uids: t.allow_uids.iter().copied().collect(),
+        gids: t.allow_gids.iter().copied().collect(),
+    };
+    for (i, user) in t.allow_users.iter().enumerate() {
+        match super::access::user_id(user) {
+            Some(uid) => {
+                access.uids.insert(uid);
+            }
+            None => c.error(
+                format!("{at}.allow_users[{i}]"),
+                format!("user \"{user}\" does not exist on this host; fix: create it, or use allow_uids"),
+            ),
+        }
+    }
+    for (i, group) in t.allow_groups.iter().enumerate() {
+        match super::access::group_id(group) {
+            Some(gid) => {
+                access.gids.insert(gid);
+            }
+            None => c.error(
+                format!("{at}.allow_groups[{i}]"),
+                format!("group \"{group}\" does not exist on this host; fix: create it, or use allow_gids"),
+            ),
+        }
+    }
+    access
 }

@@ -2,12 +2,13 @@
 //! cause of connection failures, and refusing everything once the pool drains.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bb8::{ErrorSink, ManageConnection};
 use tokio::sync::{watch, Notify};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::connect::ConnectPlan;
 use super::error::ConnectError;
@@ -43,6 +44,51 @@ impl DrainState {
     }
 }
 
+/// How many prepared statements one connection keeps.
+const STATEMENT_CACHE: usize = 256;
+
+/// A server connection and its prepared statements, so repeated SQL skips the prepare round
+/// trip.
+pub struct ServerConn {
+    client: Client,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl ServerConn {
+    pub(crate) fn new(client: Client) -> Self {
+        ServerConn {
+            client,
+            statements: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Prepares `sql` once per connection.
+    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.lock().expect("never poisoned").get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        let mut cache = self.statements.lock().expect("never poisoned");
+        if cache.len() >= STATEMENT_CACHE {
+            cache.clear();
+        }
+        cache.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Prepared statements held.
+    pub fn cached_statements(&self) -> usize {
+        self.statements.lock().expect("never poisoned").len()
+    }
+}
+
+impl std::ops::Deref for ServerConn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// Opens connections for bb8 with the plan's credentials and TLS.
 pub struct Manager {
     pub(crate) plan: Arc<ConnectPlan>,
@@ -50,17 +96,17 @@ pub struct Manager {
 }
 
 impl ManageConnection for Manager {
-    type Connection = Client;
+    type Connection = ServerConn;
     type Error = ConnectError;
 
-    async fn connect(&self) -> Result<Client, ConnectError> {
+    async fn connect(&self) -> Result<ServerConn, ConnectError> {
         if self.drain.is_draining() {
             return Err(ConnectError::Draining);
         }
-        self.plan.connect().await
+        self.plan.connect().await.map(ServerConn::new)
     }
 
-    async fn is_valid(&self, conn: &mut Client) -> Result<(), ConnectError> {
+    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ConnectError> {
         // Only called if test_on_check_out is on, which we keep off (a round trip per checkout).
         conn.simple_query("")
             .await
@@ -71,7 +117,7 @@ impl ManageConnection for Manager {
             })
     }
 
-    fn has_broken(&self, conn: &mut Client) -> bool {
+    fn has_broken(&self, conn: &mut ServerConn) -> bool {
         if self.drain.is_draining() {
             // Coming back to a draining pool: close it, and tell the drainer.
             self.drain.returned.notify_one();

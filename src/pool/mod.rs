@@ -20,7 +20,7 @@ use tokio_postgres::{CancelToken, Client};
 
 pub use connect::ConnectPlan;
 pub use error::{ConnectError, PoolError};
-pub use manager::{DrainState, Manager, PoolHealth};
+pub use manager::{DrainState, Manager, PoolHealth, ServerConn};
 
 use crate::config::PoolSettings;
 use crate::dsn::ConnInfo;
@@ -108,8 +108,8 @@ pub struct PoolConnection {
 }
 
 impl std::ops::Deref for PoolConnection {
-    type Target = Client;
-    fn deref(&self) -> &Client {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
         &self.conn
     }
 }
@@ -185,7 +185,7 @@ impl VerifiedPool {
             });
         // The verified connection is the first one handed out; if the pool is somehow full
         // already, dropping it is harmless.
-        let _ = pool.add(client);
+        let _ = pool.add(ServerConn::new(client));
         Ok(VerifiedPool {
             pool,
             permits: Arc::new(Semaphore::new(settings.max_size as usize)),
@@ -273,7 +273,7 @@ impl VerifiedPool {
         }
         while let Some(done) = opening.join_next().await {
             if let Ok(Ok(client)) = done {
-                let _ = self.pool.add(client);
+                let _ = self.pool.add(ServerConn::new(client));
             }
         }
         self.pool.state().connections

@@ -14,7 +14,7 @@ use super::status::{
     DrainingInfo, Event, EventKind, GenerationInfo, PoolStats, TargetState, TargetStatus,
 };
 use super::{RotationReport, Trigger};
-use crate::pool::{PoolConnection, PoolError};
+use crate::pool::{PoolConnection, PoolError, ServerConn};
 
 /// A request to the rotator.
 #[derive(Debug)]
@@ -58,8 +58,8 @@ pub struct Checkout {
 }
 
 impl std::ops::Deref for Checkout {
-    type Target = tokio_postgres::Client;
-    fn deref(&self) -> &tokio_postgres::Client {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
         &self.conn
     }
 }

@@ -1,0 +1,92 @@
+//! Who may use a target: uids, gids, user and group names, the latter resolved when the
+//! configuration is loaded (from /etc/passwd and /etc/group, no libc calls).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The resolved allow-lists of one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    pub uids: BTreeSet<u32>,
+    pub gids: BTreeSet<u32>,
+}
+
+/// What a peer is: from `SO_PEERCRED`, plus its supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+    pub groups: Vec<u32>,
+}
+
+impl Access {
+    /// Which rule lets `peer` in, if any.
+    pub fn allows(&self, peer: &Peer) -> Option<String> {
+        if self.uids.contains(&peer.uid) {
+            return Some(format!("uid {}", peer.uid));
+        }
+        std::iter::once(peer.gid)
+            .chain(peer.groups.iter().copied())
+            .find(|g| self.gids.contains(g))
+            .map(|g| format!("gid {g}"))
+    }
+}
+
+/// Looks a name up in a `name:x:id:...` file.
+fn lookup(file: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+        })
+}
+
+/// The uid of a user name.
+pub fn user_id(name: &str) -> Option<u32> {
+    lookup(Path::new("/etc/passwd"), name)
+}
+
+/// The gid of a group name.
+pub fn group_id(name: &str) -> Option<u32> {
+    lookup(Path::new("/etc/group"), name)
+}
+
+/// Supplementary groups of a process, from /proc/PID/status.
+pub fn process_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_resolves() {
+        assert_eq!(user_id("root"), Some(0));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(user_id("no-such-user-credswap"), None);
+    }
+
+    #[test]
+    fn rules() {
+        let a = Access {
+            uids: [1001].into(),
+            gids: [2000].into(),
+        };
+        let peer = |uid, gid, groups: Vec<u32>| Peer { uid, gid, pid: None, groups };
+        assert_eq!(a.allows(&peer(1001, 5, vec![])), Some("uid 1001".into()));
+        assert_eq!(a.allows(&peer(7, 2000, vec![])), Some("gid 2000".into()));
+        assert_eq!(a.allows(&peer(7, 5, vec![9, 2000])), Some("gid 2000".into()));
+        assert_eq!(a.allows(&peer(7, 5, vec![9])), None);
+    }
+}
