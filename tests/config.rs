@@ -58,7 +58,7 @@ fn unknown_key_names_its_path_and_line() {
     let text = GOOD.to_string() + "pool = { max_size = 5, max_sise = 6 }\n";
     assert_eq!(
         errors(&text),
-        vec!["/etc/credswap/credswap.toml:6:24: target[0].pool.max_sise: unknown field `max_sise`, expected one of `max_size`, `min_idle`, `checkout_timeout`, `statement_timeout`, `idle_timeout`, `max_lifetime`, `connect_timeout`"]
+        vec!["/etc/credswap/credswap.toml:6:24: target[0].pool.max_sise: unknown field `max_sise`, expected one of `max_size`, `min_idle`, `checkout_timeout`, `statement_timeout`, `idle_timeout`, `max_lifetime`, `connect_timeout`, `leak_threshold`"]
     );
 }
 
