@@ -7,10 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dsn;
+pub mod metrics;
 pub mod pool;
 pub mod rotation;
 pub mod secret;
+pub mod service;
 pub mod tls;

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use postgres_protocol::types as pgt;
 use serde_json::{Number, Value};
-use tokio_postgres::types::{FromSql, Format, IsNull, Kind, ToSql, Type};
+use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
@@ -21,33 +21,36 @@ pub fn supported(ty: &Type) -> bool {
     match ty.kind() {
         Kind::Array(member) => supported(member),
         Kind::Domain(inner) => supported(inner),
-        _ => matches!(
-            *ty,
-            Type::BOOL
-                | Type::INT2
-                | Type::INT4
-                | Type::INT8
-                | Type::OID
-                | Type::FLOAT4
-                | Type::FLOAT8
-                | Type::NUMERIC
-                | Type::TEXT
-                | Type::VARCHAR
-                | Type::BPCHAR
-                | Type::NAME
-                | Type::UNKNOWN
-                | Type::JSON
-                | Type::JSONB
-                | Type::UUID
-                | Type::DATE
-                | Type::TIME
-                | Type::TIMESTAMP
-                | Type::TIMESTAMPTZ
-                | Type::INTERVAL
-                | Type::BYTEA
-                | Type::INET
-                | Type::CIDR
-        ) || matches!(ty.kind(), Kind::Enum(_)),
+        _ => {
+            matches!(
+                *ty,
+                Type::BOOL
+                    | Type::INT2
+                    | Type::INT4
+                    | Type::INT8
+                    | Type::OID
+                    | Type::FLOAT4
+                    | Type::FLOAT8
+                    | Type::NUMERIC
+                    | Type::TEXT
+                    | Type::VARCHAR
+                    | Type::BPCHAR
+                    | Type::NAME
+                    | Type::UNKNOWN
+                    | Type::JSON
+                    | Type::JSONB
+                    | Type::UUID
+                    | Type::DATE
+                    | Type::TIME
+                    | Type::TIMESTAMP
+                    | Type::TIMESTAMPTZ
+                    | Type::INTERVAL
+                    | Type::BYTEA
+                    | Type::INET
+                    | Type::CIDR
+                    | Type::VOID
+            ) || matches!(ty.kind(), Kind::Enum(_))
+        }
     }
 }
 
@@ -103,6 +106,7 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Value, BoxError> {
         return Ok(Value::String(pgt::text_from_sql(raw)?.to_string()));
     }
     Ok(match *ty {
+        Type::VOID => Value::Null,
         Type::BOOL => Value::Bool(pgt::bool_from_sql(raw)?),
         Type::INT2 => pgt::int2_from_sql(raw)?.into(),
         Type::INT4 => pgt::int4_from_sql(raw)?.into(),
@@ -164,7 +168,9 @@ fn numeric(raw: &[u8]) -> Result<String, BoxError> {
         0xF000 => return Ok("-Infinity".into()),
         _ => {}
     }
-    let digits: Vec<i16> = (0..ndigits).map(|i| field(8 + 2 * i)).collect::<Result<_, _>>()?;
+    let digits: Vec<i16> = (0..ndigits)
+        .map(|i| field(8 + 2 * i))
+        .collect::<Result<_, _>>()?;
     let digit = |i: i32| -> i16 {
         if i >= 0 && (i as usize) < digits.len() {
             digits[i as usize]
@@ -367,7 +373,9 @@ pub fn to_text(value: &Value, ty: &Type, index: usize) -> Result<Option<String>,
             _ => return Err(want("a boolean")),
         },
         Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
-            let n = value.as_i64().or_else(|| value.as_u64().and_then(|u| i64::try_from(u).ok()));
+            let n = value
+                .as_i64()
+                .or_else(|| value.as_u64().and_then(|u| i64::try_from(u).ok()));
             let Some(n) = n else {
                 return Err(want("an integer"));
             };
@@ -479,7 +487,10 @@ mod tests {
         assert_eq!(date(-1), "1999-12-31");
         assert_eq!(date(9190), "2025-02-28");
         assert_eq!(timestamp(0, true), "2000-01-01T00:00:00Z");
-        assert_eq!(timestamp(86_400_000_000 + 3_723_456_000, false), "2000-01-02T01:02:03.456");
+        assert_eq!(
+            timestamp(86_400_000_000 + 3_723_456_000, false),
+            "2000-01-02T01:02:03.456"
+        );
         assert_eq!(time_of_day(45_296_000_001), "12:34:56.000001");
     }
 
@@ -498,15 +509,34 @@ mod tests {
 
     #[test]
     fn params() {
-        assert_eq!(to_text(&Value::Bool(true), &Type::BOOL, 1).unwrap().unwrap(), "t");
+        assert_eq!(
+            to_text(&Value::Bool(true), &Type::BOOL, 1)
+                .unwrap()
+                .unwrap(),
+            "t"
+        );
         let e = to_text(&Value::String("x".into()), &Type::INT4, 2).unwrap_err();
-        assert_eq!(e.to_string(), "parameter $2 is int4; expected an integer, got a string");
+        assert_eq!(
+            e.to_string(),
+            "parameter $2 is int4; expected an integer, got a string"
+        );
         let e = to_text(&serde_json::json!(70000), &Type::INT2, 1).unwrap_err();
         assert_eq!(e.to_string(), "parameter $1 is int2; 70000 is out of range");
         let arr = serde_json::json!(["a\"b", null, "c\\d"]);
-        assert_eq!(to_text(&arr, &Type::TEXT_ARRAY, 1).unwrap().unwrap(), r#"{"a\"b",NULL,"c\\d"}"#);
+        assert_eq!(
+            to_text(&arr, &Type::TEXT_ARRAY, 1).unwrap().unwrap(),
+            r#"{"a\"b",NULL,"c\\d"}"#
+        );
         let nested = serde_json::json!([[1, 2], [3, 4]]);
-        assert_eq!(to_text(&nested, &Type::INT4_ARRAY, 1).unwrap().unwrap(), r#"{{"1","2"},{"3","4"}}"#);
-        assert_eq!(to_text(&serde_json::json!("AAE="), &Type::BYTEA, 1).unwrap().unwrap(), "\\x0001");
+        assert_eq!(
+            to_text(&nested, &Type::INT4_ARRAY, 1).unwrap().unwrap(),
+            r#"{{"1","2"},{"3","4"}}"#
+        );
+        assert_eq!(
+            to_text(&serde_json::json!("AAE="), &Type::BYTEA, 1)
+                .unwrap()
+                .unwrap(),
+            "\\x0001"
+        );
     }
 }

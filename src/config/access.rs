@@ -36,12 +36,10 @@ impl Access {
 /// Looks a name up in a `name:x:id:...` file.
 fn lookup(file: &Path, name: &str) -> Option<u32> {
     let text = std::fs::read_to_string(file).ok()?;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let mut f = l.split(':');
-            (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
 }
 
 /// The uid of a user name.
@@ -59,9 +57,11 @@ pub fn process_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -83,10 +83,18 @@ mod tests {
             uids: [1001].into(),
             gids: [2000].into(),
         };
-        let peer = |uid, gid, groups: Vec<u32>| Peer { uid, gid, pid: None, groups };
+        let peer = |uid, gid, groups: Vec<u32>| Peer {
+            uid,
+            gid,
+            pid: None,
+            groups,
+        };
         assert_eq!(a.allows(&peer(1001, 5, vec![])), Some("uid 1001".into()));
         assert_eq!(a.allows(&peer(7, 2000, vec![])), Some("gid 2000".into()));
-        assert_eq!(a.allows(&peer(7, 5, vec![9, 2000])), Some("gid 2000".into()));
+        assert_eq!(
+            a.allows(&peer(7, 5, vec![9, 2000])),
+            Some("gid 2000".into())
+        );
         assert_eq!(a.allows(&peer(7, 5, vec![9])), None);
     }
 }

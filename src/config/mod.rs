@@ -125,6 +125,18 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// `file`, `aws`, `vault` or `development`: for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Aws(_) => "aws",
+            Source::Vault(_) => "vault",
+            Source::Development { .. } => "development",
+        }
+    }
+}
+
 /// One thing wrong with the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {

@@ -33,6 +33,9 @@ pub struct DaemonConfig {
     /// What to do when some targets are not ready by then.
     #[serde(default)]
     pub on_startup_failure: StartupPolicy,
+    /// At shutdown, how long in-flight API requests may take to finish.
+    #[serde(default = "default_shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -40,8 +43,13 @@ impl Default for DaemonConfig {
         DaemonConfig {
             startup_timeout: default_startup_timeout(),
             on_startup_failure: StartupPolicy::default(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_startup_timeout() -> Duration {
@@ -118,7 +126,7 @@ fn default_max_response() -> usize {
     16 << 20
 }
 fn default_rate() -> f64 {
-    1000.0
+    0.0
 }
 fn default_burst() -> u32 {
     2000

@@ -1,8 +1,8 @@
 //! bb8's side of the pool: opening connections, telling broken ones apart, keeping the real
 //! cause of connection failures, and refusing everything once the pool drains.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -133,6 +133,7 @@ pub struct PoolHealth {
     last_error: Mutex<Option<(Instant, ConnectError)>>,
     connect_failures: AtomicU64,
     checkout_timeouts: AtomicU64,
+    leaks: AtomicU64,
 }
 
 impl PoolHealth {
@@ -152,6 +153,15 @@ impl PoolHealth {
     /// How many checkouts gave up waiting.
     pub fn checkout_timeouts(&self) -> u64 {
         self.checkout_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connections held longer than the leak threshold.
+    pub fn leaks(&self) -> u64 {
+        self.leaks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_leak(&self) {
+        self.leaks.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_checkout_timeout(&self) {

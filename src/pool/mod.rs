@@ -95,6 +95,7 @@ pub struct VerifiedPool {
     username: String,
     tls_in_use: bool,
     checkout_timeout: Duration,
+    leak_threshold: Duration,
     timings: BuildTimings,
 }
 
@@ -104,7 +105,18 @@ pub struct PoolConnection {
     conn: PooledConnection<'static, Manager>,
     _permit: OwnedSemaphorePermit,
     in_use: Arc<InUse>,
+    plan: Arc<ConnectPlan>,
     id: u64,
+    taken_at: Instant,
+    leak_threshold: Duration,
+    health: Arc<PoolHealth>,
+}
+
+impl PoolConnection {
+    /// Cancels the statement running on this connection (PostgreSQL cancel request).
+    pub async fn cancel(&self) -> Result<(), tokio_postgres::Error> {
+        self.plan.cancel(&self.conn.cancel_token()).await
+    }
 }
 
 impl std::ops::Deref for PoolConnection {
@@ -124,6 +136,15 @@ impl std::fmt::Debug for PoolConnection {
 
 impl Drop for PoolConnection {
     fn drop(&mut self) {
+        let held = self.taken_at.elapsed();
+        if !self.leak_threshold.is_zero() && held > self.leak_threshold {
+            self.health.record_leak();
+            tracing::warn!(
+                held_ms = held.as_millis() as u64,
+                threshold_ms = self.leak_threshold.as_millis() as u64,
+                "a connection was held longer than leak_threshold"
+            );
+        }
         self.in_use
             .tokens
             .lock()
@@ -197,6 +218,7 @@ impl VerifiedPool {
             username: creds.username.clone(),
             tls_in_use,
             checkout_timeout: settings.checkout_timeout,
+            leak_threshold: settings.leak_threshold,
             timings,
         })
     }
@@ -245,7 +267,11 @@ impl VerifiedPool {
                         conn,
                         _permit: permit,
                         in_use: self.in_use.clone(),
+                        plan: self.plan.clone(),
                         id,
+                        taken_at: Instant::now(),
+                        leak_threshold: self.leak_threshold,
+                        health: self.health.clone(),
                     });
                 }
                 Ok(Err(RunError::User(ConnectError::Draining))) => return Err(PoolError::Draining),

@@ -22,7 +22,7 @@ pub struct Engine {
     targets: Vec<Arc<TargetRuntime>>,
     events: broadcast::Sender<Event>,
     shutdown: watch::Sender<bool>,
-    rotators: JoinSet<()>,
+    rotators: tokio::sync::Mutex<JoinSet<()>>,
 }
 
 /// Which targets made it by the start-up deadline, and why the others did not.
@@ -67,7 +67,7 @@ impl Engine {
             targets,
             events,
             shutdown,
-            rotators,
+            rotators: tokio::sync::Mutex::new(rotators),
         }
     }
 
@@ -115,8 +115,9 @@ impl Engine {
 
     /// Stops every rotator; each drains its live and old generations (revoking leases where
     /// configured) before this returns.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&self) {
         self.shutdown.send_replace(true);
-        while self.rotators.join_next().await.is_some() {}
+        let mut rotators = self.rotators.lock().await;
+        while rotators.join_next().await.is_some() {}
     }
 }

@@ -57,6 +57,13 @@ pub struct Checkout {
     conn: PoolConnection,
 }
 
+impl Checkout {
+    /// The pooled connection (to cancel its statement).
+    pub fn conn(&self) -> &PoolConnection {
+        &self.conn
+    }
+}
+
 impl std::ops::Deref for Checkout {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {

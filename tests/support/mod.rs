@@ -2,8 +2,10 @@
 //! canary secrets whose appearance anywhere in output is a leak.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod engine;
 pub mod logs;
+pub mod openapi;
 pub mod pg;
 pub mod pki;
 pub mod servers;

@@ -1,0 +1,294 @@
+//! `POST /v1/targets/{t}/query` and `/batch`: SQL on the target's current generation.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_postgres::Statement;
+
+use super::error::ApiError;
+use super::types::{self, Cell, TextParam};
+use crate::rotation::Checkout;
+
+/// How rows are shaped in the answer.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RowFormat {
+    /// `[[1, "a"], ...]`
+    #[default]
+    Array,
+    /// `[{"id": 1, "name": "a"}, ...]`
+    Object,
+}
+
+/// One statement.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub sql: String,
+    #[serde(default)]
+    pub params: Vec<Value>,
+    /// Client-side deadline; capped by the target's statement_timeout.
+    pub timeout_ms: Option<u64>,
+    pub max_rows: Option<usize>,
+    #[serde(default)]
+    pub row_format: RowFormat,
+}
+
+/// A batch: all statements on one connection, in one transaction by default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub statements: Vec<BatchStatement>,
+    #[serde(default = "yes")]
+    pub transaction: bool,
+    pub timeout_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One statement of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchStatement {
+    pub sql: String,
+    #[serde(default)]
+    pub params: Vec<Value>,
+    #[serde(default)]
+    pub row_format: RowFormat,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+/// What a statement returned.
+#[derive(Debug, Serialize)]
+pub struct QueryResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Value>,
+    pub row_count: u64,
+    pub command: String,
+}
+
+/// Limits a statement runs under.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_rows: usize,
+    pub max_response_bytes: usize,
+    pub timeout: Option<Duration>,
+}
+
+/// The first keyword of the SQL, as PostgreSQL's command tag names it.
+fn command_of(sql: &str) -> String {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, b)| b).trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, b)| b).trim_start();
+        } else {
+            break;
+        }
+    }
+    rest.split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+}
+
+fn bind(statement: &Statement, params: &[Value]) -> Result<Vec<TextParam>, ApiError> {
+    let types = statement.params();
+    if types.len() != params.len() {
+        return Err(ApiError::bad_request(format!(
+            "the statement takes {} parameter(s), the request gave {}",
+            types.len(),
+            params.len()
+        )));
+    }
+    params
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (v, ty))| {
+            types::to_text(v, ty, i + 1)
+                .map(TextParam)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        })
+        .collect()
+}
+
+fn check_columns(statement: &Statement) -> Result<Vec<Column>, ApiError> {
+    statement
+        .columns()
+        .iter()
+        .map(|c| {
+            if types::supported(c.type_()) {
+                Ok(Column {
+                    name: c.name().to_string(),
+                    ty: c.type_().name().to_string(),
+                })
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "column \"{}\" has type {}, which has no JSON mapping; cast it in the query, e.g. \"{}\"::text",
+                    c.name(),
+                    c.type_().name(),
+                    c.name()
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Runs one statement on `conn` under `limits`.
+pub async fn run(
+    conn: &Checkout,
+    sql: &str,
+    params: &[Value],
+    format: RowFormat,
+    limits: Limits,
+) -> Result<QueryResult, ApiError> {
+    let work = async {
+        let statement = conn
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| ApiError::sql(&e))?;
+        let columns = check_columns(&statement)?;
+        let bound = bind(&statement, params)?;
+        let stream = conn
+            .query_raw(&statement, bound.iter())
+            .await
+            .map_err(|e| ApiError::sql(&e))?;
+        collect(stream, &columns, format, limits).await
+    };
+    match limits.timeout {
+        None => work.await,
+        Some(t) => match tokio::time::timeout(t, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Stop the statement on the server too; the connection stays usable.
+                if let Err(e) = conn.conn().cancel().await {
+                    tracing::warn!(error = %e, "could not cancel a statement past its timeout");
+                }
+                Err(ApiError::timeout(format!(
+                    "the statement did not finish within {} ms",
+                    t.as_millis()
+                )))
+            }
+        },
+    }
+    .map(|mut r| {
+        r.command = command_of(sql);
+        r
+    })
+}
+
+async fn collect(
+    stream: tokio_postgres::RowStream,
+    columns: &[Column],
+    format: RowFormat,
+    limits: Limits,
+) -> Result<QueryResult, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = stream.next().await {
+        let row = row.map_err(|e| ApiError::sql(&e))?;
+        if rows.len() == limits.max_rows {
+            return Err(ApiError::payload_too_large(format!(
+                "the result has more than {} rows; add a LIMIT, or ask for more with max_rows (up to the server's limit)",
+                limits.max_rows
+            )));
+        }
+        let mut cells = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            let Cell(v) = row
+                .try_get(i)
+                .map_err(|e| ApiError::bad_request(format!("column \"{}\": {e}", column.name)))?;
+            cells.push(v);
+        }
+        let value = match format {
+            RowFormat::Array => Value::Array(cells),
+            RowFormat::Object => Value::Object(
+                columns
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .zip(cells)
+                    .collect::<Map<String, Value>>(),
+            ),
+        };
+        bytes += serde_json::to_vec(&value).map_or(0, |v| v.len()) + 1;
+        if bytes > limits.max_response_bytes {
+            return Err(ApiError::payload_too_large(format!(
+                "the result is larger than {} bytes; select fewer rows or columns",
+                limits.max_response_bytes
+            )));
+        }
+        rows.push(value);
+    }
+    let row_count = stream.rows_affected().unwrap_or(rows.len() as u64);
+    Ok(QueryResult {
+        columns: columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                ty: c.ty.clone(),
+            })
+            .collect(),
+        rows,
+        row_count,
+        command: String::new(),
+    })
+}
+
+/// Runs a batch: one connection, optionally one transaction (rolled back on any error).
+pub async fn run_batch(
+    conn: &Checkout,
+    batch: &BatchRequest,
+    limits: Limits,
+) -> Result<Vec<QueryResult>, (usize, ApiError)> {
+    if batch.transaction {
+        conn.batch_execute("BEGIN")
+            .await
+            .map_err(|e| (0, ApiError::sql(&e)))?;
+    }
+    let mut results = Vec::new();
+    for (i, s) in batch.statements.iter().enumerate() {
+        match run(conn, &s.sql, &s.params, s.row_format, limits).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                if batch.transaction {
+                    let _ = conn.batch_execute("ROLLBACK").await;
+                }
+                return Err((i, e));
+            }
+        }
+    }
+    if batch.transaction {
+        conn.batch_execute("COMMIT")
+            .await
+            .map_err(|e| (batch.statements.len(), ApiError::sql(&e)))?;
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_of;
+
+    #[test]
+    fn commands() {
+        assert_eq!(command_of("select 1"), "SELECT");
+        assert_eq!(
+            command_of("  -- hi\n/* x */ insert into t values (1)"),
+            "INSERT"
+        );
+        assert_eq!(command_of("WITH x AS (SELECT 1) SELECT * FROM x"), "WITH");
+    }
+}

@@ -1,0 +1,377 @@
+//! The endpoints. Every request is checked against the peer's uid: targets by their
+//! allow-lists, rotation by `api.admin_uids`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::peer::PeerInfo;
+use super::query::{self, BatchRequest, Limits, QueryRequest};
+use super::ApiState;
+use crate::config::access::Peer;
+use crate::rotation::{TargetRuntime, Trigger};
+
+/// The raw request body, with over-limit and unreadable bodies turned into JSON errors.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large(
+                        "the request body is larger than api.max_body_bytes",
+                    )
+                } else {
+                    ApiError::bad_request(format!(
+                        "could not read the request body: {}",
+                        r.body_text()
+                    ))
+                }
+            })
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+impl ApiState {
+    fn peer(&self, info: &PeerInfo) -> Result<Peer, ApiError> {
+        let peer = info
+            .0
+            .clone()
+            .ok_or_else(|| ApiError::forbidden("the peer's credentials could not be read"))?;
+        self.limiter
+            .take(peer.uid)
+            .map_err(ApiError::rate_limited)?;
+        Ok(peer)
+    }
+
+    fn is_admin(&self, peer: &Peer) -> bool {
+        self.api.admin_uids.contains(&peer.uid)
+    }
+
+    /// The target, if `peer` may use it.
+    fn authorize(&self, peer: &Peer, name: &str) -> Result<Arc<TargetRuntime>, ApiError> {
+        let target = self
+            .engine
+            .target(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no target named \"{name}\"")))?;
+        if self.is_admin(peer) {
+            return Ok(target);
+        }
+        let settings = &self.targets[name];
+        if settings.access.allows(peer).is_some() {
+            return Ok(target);
+        }
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            target_name = name,
+            "refused: peer not allowed to use the target"
+        );
+        Err(ApiError::forbidden(format!(
+            "uid {} may not use target \"{name}\": not in its allow_uids {:?} or allow_gids {:?} (nor its groups), nor in api.admin_uids",
+            peer.uid,
+            settings.access.uids,
+            settings.access.gids,
+        )))
+    }
+
+    fn require_admin(&self, peer: &Peer, what: &str) -> Result<(), ApiError> {
+        if self.is_admin(peer) {
+            return Ok(());
+        }
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            action = what,
+            "refused: not an admin"
+        );
+        Err(ApiError::forbidden(format!(
+            "uid {} may not {what}: only api.admin_uids {:?} may",
+            peer.uid, self.api.admin_uids
+        )))
+    }
+
+    fn limits(&self, target: &str, timeout_ms: Option<u64>, max_rows: Option<usize>) -> Limits {
+        let ceiling = self.targets[target].statement_timeout;
+        let asked = timeout_ms.map(Duration::from_millis);
+        let timeout = match (asked, ceiling.is_zero()) {
+            (Some(a), false) => Some(a.min(ceiling)),
+            (Some(a), true) => Some(a),
+            (None, false) => Some(ceiling),
+            (None, true) => None,
+        };
+        Limits {
+            max_rows: max_rows.unwrap_or(self.api.max_rows).min(self.api.max_rows),
+            max_response_bytes: self.api.max_response_bytes,
+            timeout,
+        }
+    }
+}
+
+pub async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+}
+
+pub async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let targets: Vec<_> = state
+        .engine
+        .targets()
+        .iter()
+        .map(|t| {
+            let s = t.status();
+            json!({"name": s.name, "state": s.state, "generation": s.generation.map(|g| g.id), "reason": s.reason})
+        })
+        .collect();
+    let ready = state.engine.targets().iter().all(|t| t.current().is_some());
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"ready": ready, "targets": targets}))).into_response()
+}
+
+pub async fn targets(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let peer = state.peer(&info)?;
+    let list: Vec<_> = state
+        .engine
+        .targets()
+        .iter()
+        .filter(|t| state.authorize_quiet(&peer, t.name()))
+        .map(|t| t.status())
+        .collect();
+    Ok(Json(json!({ "targets": list })))
+}
+
+impl ApiState {
+    fn authorize_quiet(&self, peer: &Peer, name: &str) -> bool {
+        self.is_admin(peer) || self.targets[name].access.allows(peer).is_some()
+    }
+}
+
+pub async fn target(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::rotation::TargetStatus>, ApiError> {
+    let peer = state.peer(&info)?;
+    Ok(Json(state.authorize(&peer, &name)?.status()))
+}
+
+pub async fn query(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<Json<query::QueryResult>, ApiError> {
+    let peer = state.peer(&info)?;
+    let target = state.authorize(&peer, &name)?;
+    let request: QueryRequest = parse(&body)?;
+    let started = Instant::now();
+    let result = async {
+        let conn = checkout(&state, &target).await?;
+        let limits = state.limits(&name, request.timeout_ms, request.max_rows);
+        query::run(
+            &conn,
+            &request.sql,
+            &request.params,
+            request.row_format,
+            limits,
+        )
+        .await
+    }
+    .await;
+    state.metrics.query(
+        &name,
+        if result.is_ok() { "ok" } else { "error" },
+        started.elapsed(),
+    );
+    result.map(Json)
+}
+
+async fn checkout(
+    state: &ApiState,
+    target: &TargetRuntime,
+) -> Result<crate::rotation::Checkout, ApiError> {
+    let started = Instant::now();
+    let result = target.checkout().await;
+    let timed_out = matches!(
+        result,
+        Err(crate::rotation::CheckoutError::Pool(
+            crate::pool::PoolError::CheckoutTimeout { .. }
+        ))
+    );
+    state
+        .metrics
+        .checkout(target.name(), started.elapsed(), timed_out);
+    result.map_err(ApiError::from)
+}
+
+pub async fn batch(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let peer = state.peer(&info)?;
+    let target = state.authorize(&peer, &name)?;
+    let request: BatchRequest = parse(&body)?;
+    if request.statements.is_empty() {
+        return Err(ApiError::bad_request("statements is empty"));
+    }
+    let started = Instant::now();
+    let result = async {
+        let conn = checkout(&state, &target).await?;
+        let limits = state.limits(&name, request.timeout_ms, None);
+        query::run_batch(&conn, &request, limits)
+            .await
+            .map_err(|(i, mut e)| {
+                e.message = format!(
+                    "statement {i}: {}{}",
+                    e.message,
+                    if request.transaction {
+                        " (the transaction was rolled back)"
+                    } else {
+                        ""
+                    }
+                );
+                e
+            })
+    }
+    .await;
+    state.metrics.query(
+        &name,
+        if result.is_ok() { "ok" } else { "error" },
+        started.elapsed(),
+    );
+    result.map(|results| Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    wait: bool,
+}
+
+pub async fn rotate(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let peer = state.peer(&info)?;
+    let target = state.authorize(&peer, &name)?;
+    state.require_admin(&peer, "rotate")?;
+    let request: RotateRequest = if body.is_empty() {
+        RotateRequest::default()
+    } else {
+        parse(&body)?
+    };
+    tracing::info!(uid = peer.uid, pid = peer.pid, target_name = %name, force = request.force, "rotation requested through the API");
+    match target
+        .rotate(Trigger::Api, request.force, request.wait)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+    {
+        Some(report) => Ok(Json(report).into_response()),
+        None => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"accepted": true, "target": name})),
+        )
+            .into_response()),
+    }
+}
+
+pub async fn events(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let peer = state.peer(&info)?;
+    let rx = state.engine.subscribe();
+    let allowed: Vec<String> = state
+        .engine
+        .targets()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| state.authorize_quiet(&peer, n))
+        .collect();
+    let stream = futures_util::stream::unfold((rx, allowed), |(mut rx, allowed)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) if allowed.contains(&event.target) => {
+                    let name = serde_json::to_value(&event.kind)
+                        .ok()
+                        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
+                        .unwrap_or_else(|| "event".into());
+                    let sse = SseEvent::default()
+                        .event(name)
+                        .json_data(&event)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
+                    return Some((Ok(sse), (rx, allowed)));
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let sse = SseEvent::default()
+                        .event("lagged")
+                        .data(format!("{n} events were dropped"));
+                    return Some((Ok(sse), (rx, allowed)));
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&state.engine),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see docs/api.md")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    let mut e = ApiError::bad_request("method not allowed on this endpoint");
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e
+}

@@ -1,0 +1,321 @@
+//! Prometheus metrics (prefix `credswap_`). Event-driven ones (rotations, steps, fetches,
+//! queries) are recorded as they happen; state (generations, pool connections, breaker, lease
+//! expiry, draining) is read from the engine when `/metrics` is scraped. No label or value
+//! ever holds a secret: labels are target names, triggers, steps, results and source kinds.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::rotation::breaker::BreakerState;
+use crate::rotation::{Engine, Event, EventKind, Outcome};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationLabels {
+    target: String,
+    trigger: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    target: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    target: String,
+    source: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    target: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    target: String,
+    result: String,
+}
+
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The registry and every metric in it.
+pub struct Metrics {
+    registry: Registry,
+    rotations: Family<RotationLabels, Counter>,
+    steps: Family<StepLabels, Histogram, fn() -> Histogram>,
+    fetches: Family<FetchLabels, Counter>,
+    queries: Family<ResultLabels, Counter>,
+    query_seconds: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    checkout_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    checkout_timeouts: Family<TargetLabel, Counter>,
+    generation: Family<TargetLabel, Gauge>,
+    connections: Family<StateLabels, Gauge>,
+    max_connections: Family<TargetLabel, Gauge>,
+    breaker: Family<StateLabels, Gauge>,
+    lease_expiry: Family<TargetLabel, Gauge<f64, AtomicU64>>,
+    draining: Family<TargetLabel, Gauge>,
+    ready: Family<TargetLabel, Gauge>,
+    leaks: Family<TargetLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("credswap");
+        let m = Metrics {
+            rotations: Family::default(),
+            steps: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
+            fetches: Family::default(),
+            queries: Family::default(),
+            query_seconds: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
+            checkout_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
+            checkout_timeouts: Family::default(),
+            generation: Family::default(),
+            connections: Family::default(),
+            max_connections: Family::default(),
+            breaker: Family::default(),
+            lease_expiry: Family::default(),
+            draining: Family::default(),
+            ready: Family::default(),
+            leaks: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "rotations",
+            "Rotations by target, trigger and result",
+            m.rotations.clone(),
+        );
+        registry.register(
+            "rotation_step_seconds",
+            "Duration of each rotation step",
+            m.steps.clone(),
+        );
+        registry.register(
+            "secret_fetches",
+            "Secret fetches by target, source kind and result",
+            m.fetches.clone(),
+        );
+        registry.register(
+            "queries",
+            "API queries by target and result",
+            m.queries.clone(),
+        );
+        registry.register(
+            "query_duration_seconds",
+            "API query duration, checkout included",
+            m.query_seconds.clone(),
+        );
+        registry.register(
+            "checkout_wait_seconds",
+            "Time waited for a pool connection",
+            m.checkout_wait.clone(),
+        );
+        registry.register(
+            "checkout_timeouts",
+            "Checkouts that gave up waiting",
+            m.checkout_timeouts.clone(),
+        );
+        registry.register(
+            "generation",
+            "Id of the live generation",
+            m.generation.clone(),
+        );
+        registry.register(
+            "pool_connections",
+            "Server connections of the live generation by state",
+            m.connections.clone(),
+        );
+        registry.register(
+            "pool_max_connections",
+            "Pool size limit",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state (1 for the current one)",
+            m.breaker.clone(),
+        );
+        registry.register(
+            "lease_expiry_timestamp_seconds",
+            "When the live generation's lease expires",
+            m.lease_expiry.clone(),
+        );
+        registry.register(
+            "draining_connections",
+            "Connections of generations being drained",
+            m.draining.clone(),
+        );
+        registry.register(
+            "target_ready",
+            "1 when the target has a live generation and its last rotation worked",
+            m.ready.clone(),
+        );
+        registry.register(
+            "connection_leaks",
+            "Connections held longer than leak_threshold (live generation)",
+            m.leaks.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records what an event says (rotations, steps, fetches).
+    pub fn observe(&self, event: &Event, source_kind: &str) {
+        let target = event.target.clone();
+        if let EventKind::RotationFinished(r) = &event.kind {
+            let result = match &r.outcome {
+                Outcome::Swapped { .. } => "swapped",
+                Outcome::Unchanged { .. } => "unchanged",
+                Outcome::Failed { .. } => "failed",
+            };
+            self.rotations
+                .get_or_create(&RotationLabels {
+                    target: target.clone(),
+                    trigger: r.trigger.as_str().into(),
+                    result: result.into(),
+                })
+                .inc();
+            let fetch = match &r.outcome {
+                Outcome::Failed {
+                    step: crate::rotation::Step::Fetch,
+                    ..
+                } => "error",
+                _ => "ok",
+            };
+            self.fetches
+                .get_or_create(&FetchLabels {
+                    target: target.clone(),
+                    source: source_kind.into(),
+                    result: fetch.into(),
+                })
+                .inc();
+            for s in &r.steps {
+                self.steps
+                    .get_or_create(&StepLabels {
+                        target: target.clone(),
+                        step: s.step.as_str().into(),
+                    })
+                    .observe(s.duration.as_secs_f64());
+            }
+        }
+        if let EventKind::DrainFinished { duration, .. } = &event.kind {
+            self.steps
+                .get_or_create(&StepLabels {
+                    target,
+                    step: "drain".into(),
+                })
+                .observe(duration.as_secs_f64());
+        }
+    }
+
+    /// One API query's result and duration.
+    pub fn query(&self, target: &str, result: &str, took: Duration) {
+        self.queries
+            .get_or_create(&ResultLabels {
+                target: target.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.query_seconds
+            .get_or_create(&TargetLabel {
+                target: target.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// How long a checkout waited, and whether it gave up.
+    pub fn checkout(&self, target: &str, waited: Duration, timed_out: bool) {
+        let label = TargetLabel {
+            target: target.into(),
+        };
+        self.checkout_wait
+            .get_or_create(&label)
+            .observe(waited.as_secs_f64());
+        if timed_out {
+            self.checkout_timeouts.get_or_create(&label).inc();
+        }
+    }
+
+    /// The Prometheus text exposition, with state read from the engine now.
+    pub fn render(&self, engine: &Engine) -> String {
+        for t in engine.targets() {
+            let status = t.status();
+            let label = TargetLabel {
+                target: status.name.clone(),
+            };
+            self.generation
+                .get_or_create(&label)
+                .set(status.generation.as_ref().map_or(0, |g| g.id as i64));
+            for (state, n) in [("idle", status.pool.idle), ("in_use", status.pool.in_use)] {
+                self.connections
+                    .get_or_create(&StateLabels {
+                        target: status.name.clone(),
+                        state: state.into(),
+                    })
+                    .set(n as i64);
+            }
+            self.max_connections
+                .get_or_create(&label)
+                .set(status.pool.max_size as i64);
+            for (state, name) in [
+                (BreakerState::Closed, "closed"),
+                (BreakerState::Open, "open"),
+                (BreakerState::HalfOpen, "half_open"),
+            ] {
+                self.breaker
+                    .get_or_create(&StateLabels {
+                        target: status.name.clone(),
+                        state: name.into(),
+                    })
+                    .set(i64::from(status.breaker == state));
+            }
+            let expiry = status
+                .generation
+                .as_ref()
+                .and_then(|g| g.lease_expires_at)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.lease_expiry.get_or_create(&label).set(expiry);
+            self.draining.get_or_create(&label).set(
+                status
+                    .draining
+                    .iter()
+                    .map(|d| d.remaining_connections as i64)
+                    .sum(),
+            );
+            self.ready.get_or_create(&label).set(i64::from(
+                status.generation.is_some() && status.state == crate::rotation::TargetState::Ready,
+            ));
+            self.leaks
+                .get_or_create(&label)
+                .set(t.current().map_or(0, |g| g.pool.health().leaks() as i64));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,142 @@
+//! `credswap run`: the daemon's life from start to exit. Start the engine, open the socket,
+//! report ready, serve until SIGTERM/SIGINT, then stop accepting, let requests finish, drain
+//! every pool and remove the socket. A second signal exits at once.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::api::{self, socket, ApiState};
+use crate::config::{Config, StartupPolicy};
+use crate::metrics::Metrics;
+use crate::rotation::{Engine, Trigger};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    #[error("targets not ready after the start-up timeout:\n{0}")]
+    NotReady(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the daemon until a termination signal.
+pub async fn run(config: Config) -> Result<(), ServiceError> {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
+
+    // The socket first: a second daemon must fail before it touches anything.
+    let (listener, socket_guard) = socket::bind(&config.api)?;
+    let engine = Arc::new(Engine::start(&config));
+    let metrics = Arc::new(Metrics::new());
+    let recorder = tokio::spawn(record(engine.subscribe(), metrics.clone(), kinds(&config)));
+    let state = Arc::new(ApiState::new(&config, engine.clone(), metrics));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(api::serve(listener, state, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tracing::info!(socket = %config.api.socket.display(), targets = config.targets.len(), "credswap started");
+
+    let report = engine.wait_ready(config.daemon.startup_timeout).await;
+    for (name, why) in &report.not_ready {
+        tracing::error!(target_name = %name, "not ready: {why}");
+    }
+    if !report.not_ready.is_empty() && config.daemon.on_startup_failure == StartupPolicy::Exit {
+        let list = report
+            .not_ready
+            .iter()
+            .map(|(n, w)| format!("  {n}: {w}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        stop_tx.send_replace(true);
+        let _ = server.await;
+        engine.shutdown().await;
+        recorder.abort();
+        drop(socket_guard);
+        return Err(ServiceError::NotReady(list));
+    }
+    tracing::info!(ready = ?report.ready, not_ready = report.not_ready.len(), "ready");
+
+    let served = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: fetching every target's credentials again");
+                for t in engine.targets() {
+                    let _ = t.rotate(Trigger::Signal, false, false).await;
+                }
+            }
+            r = &mut server => break Some(r),
+        }
+    };
+    if let Some(result) = served {
+        engine.shutdown().await;
+        recorder.abort();
+        return match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServiceError::Serve(e)),
+            Err(e) => Err(ServiceError::Serve(std::io::Error::other(e))),
+        };
+    }
+    tracing::info!("shutting down: no new requests; in-flight ones may finish");
+    // A second signal means "now".
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {},
+            _ = sigint.recv() => {},
+        }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    stop_tx.send_replace(true);
+    if tokio::time::timeout(config.daemon.shutdown_timeout, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.daemon.shutdown_timeout, "requests still running at the shutdown timeout; closing them");
+        server.abort();
+    }
+    engine.shutdown().await;
+    recorder.abort();
+    drop(socket_guard);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn kinds(config: &Config) -> Vec<(String, &'static str)> {
+    config
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), t.source.kind()))
+        .collect()
+}
+
+/// Feeds rotation events into the metrics.
+async fn record(
+    mut events: tokio::sync::broadcast::Receiver<crate::rotation::Event>,
+    metrics: Arc<Metrics>,
+    kinds: Vec<(String, &'static str)>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(e) => {
+                let kind = kinds
+                    .iter()
+                    .find(|(n, _)| *n == e.target)
+                    .map_or("unknown", |(_, k)| k);
+                metrics.observe(&e, kind);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}

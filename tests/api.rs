@@ -1,0 +1,528 @@
+//! The Unix socket API end to end: the real daemon, a real TLS cluster, real HTTP.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::daemon::Daemon;
+use support::pg::{pki, Cluster};
+use support::CANARY_PASSWORD;
+
+fn secret(dir: &Path, name: &str, user: &str, password: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        json!({"username": user, "password": password}).to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.display().to_string()
+}
+
+fn target_toml(db: &Cluster, name: &str, secret: &str, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\nmin_rotation_interval = \"0s\"\ndrain_timeout = \"2s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{secret}\" }}\n",
+        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display()))
+    )
+}
+
+/// Every response the tests saw, for the OpenAPI check at the end.
+struct Seen(Vec<Value>);
+
+impl Seen {
+    fn record(&mut self, method: &str, path: &str, status: u16, body: &Value) {
+        self.0
+            .push(json!({"method": method, "path": path, "status": status, "body": body}));
+    }
+}
+
+async fn setup() -> (Cluster, tempfile::TempDir, Daemon) {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let config = target_toml(
+        &db,
+        "app",
+        &s,
+        "allow_uids = [65534]\npool = { max_size = 4, checkout_timeout = \"300ms\", leak_threshold = \"200ms\" }",
+    ) + &target_toml(&db, "other", &s, "");
+    let daemon = Daemon::start(&config, "socket_mode = \"0666\"").await;
+    daemon.wait_ready().await;
+    (db, dir, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_types_limits_and_no_leaks() {
+    let (db, _dir, d) = setup().await;
+    let mut seen = Seen(Vec::new());
+    macro_rules! call {
+        ($method:expr, $path:expr, $body:expr) => {{
+            let (status, v, text) = d.call($method, $path, $body).await;
+            seen.record($method, $path, status, &v);
+            (status, v, text)
+        }};
+    }
+    let mut texts = Vec::new();
+
+    let (s, v, _) = call!("GET", "/v1/health", None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let (s, v, _) = call!("GET", "/v1/ready", None);
+    assert_eq!((s, v["ready"].as_bool()), (200, Some(true)));
+    let (s, v, t) = call!("GET", "/v1/targets", None);
+    assert_eq!(s, 200);
+    assert_eq!(v["targets"].as_array().unwrap().len(), 2);
+    texts.push(t);
+    let (s, v, t) = call!("GET", "/v1/targets/app", None);
+    assert_eq!(s, 200);
+    assert_eq!(v["state"], "ready");
+    assert_eq!(v["generation"]["id"], 1);
+    assert_eq!(v["generation"]["username"], "app");
+    assert_eq!(v["generation"]["tls"], true);
+    texts.push(t);
+    let (s, v, _) = call!("GET", "/v1/targets/nope", None);
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    // (Not recorded for the spec check: the path is not in the spec, by design.)
+    let (s, v, _) = d.get("/v1/nowhere").await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // The type round trip: parameters bound by the statement's types, results mapped back.
+    let sql = "SELECT $1::bool AS b, $2::int2 AS i2, $3::int4 AS i4, $4::int8 AS i8, $5::float4 AS f4, \
+               $6::float8 AS f8, $7::numeric AS n, $8::text AS t, $9::varchar AS vc, $10::json AS j, \
+               $11::jsonb AS jb, $12::uuid AS u, $13::date AS d, $14::time AS tm, $15::timestamp AS ts, \
+               $16::timestamptz AS tz, $17::interval AS iv, $18::bytea AS by, $19::inet AS ip, \
+               $20::int4[] AS ia, $21::text[] AS ta, $22::text AS nul, $23::cidr AS net, $24::int8[] AS ia2";
+    let params = json!([
+        true, 32767, 2147483647, 9007199254740993u64, 1.5, 2.25,
+        "12345678901234567890.123456789", "text", "varchar", {"a": [1, 2]}, {"b": null},
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "2024-02-29", "13:14:15.5",
+        "2024-02-29T13:14:15.123456", "2024-02-29T13:14:15Z", "P1Y2M3DT4H5M6S", "AAEC/w==",
+        "192.168.0.1", [1, null, 3], ["a", "b\"c"], null, "10.0.0.0/8", [[1, 2], [3, 4]]
+    ]);
+    let (s, v, t) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": sql, "params": params}))
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["rows"][0],
+        json!([
+            true, 32767, 2147483647, 9007199254740993u64, 1.5, 2.25,
+            "12345678901234567890.123456789", "text", "varchar", {"a": [1, 2]}, {"b": null},
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "2024-02-29", "13:14:15.5",
+            "2024-02-29T13:14:15.123456", "2024-02-29T13:14:15Z", "P1Y2M3DT4H5M6S", "AAEC/w==",
+            "192.168.0.1", [1, null, 3], ["a", "b\"c"], null, "10.0.0.0/8", [[1, 2], [3, 4]]
+        ])
+    );
+    assert_eq!(v["columns"][6], json!({"name": "n", "type": "numeric"}));
+    assert_eq!(v["row_count"], 1);
+    assert_eq!(v["command"], "SELECT");
+    texts.push(t);
+
+    // Rows as objects; DML counts; SQL errors carry the SQLSTATE.
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT 1 AS one, 'x' AS two", "row_format": "object"}))
+    );
+    assert_eq!((s, &v["rows"][0]), (200, &json!({"one": 1, "two": "x"})));
+    db.admin()
+        .await
+        .batch_execute("CREATE TABLE t (id int primary key, v text); GRANT ALL ON t TO app")
+        .await
+        .unwrap();
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "INSERT INTO t SELECT g, 'v' FROM generate_series(1, 5) g"}))
+    );
+    assert_eq!(
+        (s, &v["row_count"], &v["command"]),
+        (200, &json!(5), &json!("INSERT"))
+    );
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT * FROM missing_table"}))
+    );
+    assert_eq!(
+        (
+            s,
+            v["error"]["code"].as_str(),
+            v["error"]["sqlstate"].as_str()
+        ),
+        (400, Some("sql_error"), Some("42P01"))
+    );
+
+    // Bad requests name what is wrong.
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT $1::int4 + $2::int4", "params": [1, "two"]}))
+    );
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "parameter $2 is int4; expected an integer, got a string"
+    );
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT 1::money AS price"}))
+    );
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["message"], "column \"price\" has type money, which has no JSON mapping; cast it in the query, e.g. \"price\"::text");
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sqll": "SELECT 1"}))
+    );
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `sqll`"),
+        "{v}"
+    );
+    let (s, _, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT $1::int4", "params": []}))
+    );
+    assert_eq!(s, 400);
+
+    // A batch is all or nothing.
+    let batch = json!({"statements": [
+        {"sql": "INSERT INTO t VALUES (100, 'new')"},
+        {"sql": "INSERT INTO t VALUES (1, 'duplicate')"}
+    ]});
+    let (s, v, _) = call!("POST", "/v1/targets/app/batch", Some(batch));
+    assert_eq!((s, v["error"]["sqlstate"].as_str()), (400, Some("23505")));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("statement 1:"),
+        "{v}"
+    );
+    let (_, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT count(*) FROM t WHERE id = 100"}))
+    );
+    assert_eq!(v["rows"][0][0], 0, "the first insert was rolled back");
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/batch",
+        Some(json!({"statements": [
+            {"sql": "INSERT INTO t VALUES (100, 'new')"}, {"sql": "SELECT v FROM t WHERE id = $1", "params": [100]}
+        ]}))
+    );
+    assert_eq!((s, &v["results"][1]["rows"][0][0]), (200, &json!("new")));
+
+    // Limits.
+    let big = "x".repeat(1 << 20);
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT $1::text", "params": [big]}))
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT generate_series(1, 100)", "max_rows": 10}))
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    let started = Instant::now();
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT pg_sleep(5)", "timeout_ms": 200}))
+    );
+    assert_eq!((s, v["error"]["code"].as_str()), (504, Some("timeout")));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The cancelled statement left the connection usable.
+    let (s, _, _) = call!(
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT 1"}))
+    );
+    assert_eq!(s, 200);
+
+    // Pool exhaustion: four long statements hold the four connections.
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = d.socket_path().to_path_buf();
+            tokio::spawn(async move {
+                credswap::api::client::request(
+                    &socket,
+                    "POST",
+                    "/v1/targets/app/query",
+                    Some(json!({"sql": "SELECT pg_sleep(1.5)"}).to_string()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap()
+                .status
+            })
+        })
+        .collect();
+    let admin = db.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1.5)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 4
+    {
+        assert!(Instant::now() < deadline, "the holders did not start");
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    let r = credswap::api::client::request(
+        d.socket_path(),
+        "POST",
+        "/v1/targets/app/query",
+        Some(json!({"sql": "SELECT 1"}).to_string()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (r.status, v["error"]["code"].as_str()),
+        (503, Some("pool_exhausted"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    seen.record("POST", "/v1/targets/app/query", r.status, &v);
+    for h in holders {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+
+    // Events and metrics.
+    let (s, v, _) = call!(
+        "POST",
+        "/v1/targets/app/rotate",
+        Some(json!({"force": true, "wait": true}))
+    );
+    assert_eq!(
+        (s, v["result"].as_str(), v["generation"].as_u64()),
+        (200, Some("swapped"), Some(2))
+    );
+    let (s, v, _) = call!("POST", "/v1/targets/app/rotate", Some(json!({})));
+    assert_eq!((s, v["accepted"].as_bool()), (202, Some(true)));
+    let r = credswap::api::client::request(
+        d.socket_path(),
+        "GET",
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&r.body).into_owned();
+    for needle in [
+        "credswap_rotations_total{target=\"app\",trigger=\"api\",result=\"swapped\"} 1",
+        "credswap_generation{target=\"app\"} 2",
+        "credswap_queries_total{target=\"app\",result=\"ok\"}",
+        "credswap_checkout_timeouts_total{target=\"app\"} 1",
+        "credswap_pool_max_connections{target=\"app\"} 4",
+        "credswap_breaker_state{target=\"app\",state=\"closed\"} 1",
+        "credswap_rotation_step_seconds_bucket{",
+        "credswap_secret_fetches_total{target=\"app\",source=\"file\",result=\"ok\"}",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    texts.push(metrics);
+
+    // No response, metric or log line holds the password.
+    for t in &texts {
+        support::assert_no_canary("API response", t);
+    }
+    support::assert_no_canary("daemon log", &d.log());
+
+    // Every response seen matches the OpenAPI spec.
+    let file = d.dir.path().join("responses.json");
+    std::fs::write(&file, serde_json::to_string(&seen.0).unwrap()).unwrap();
+    support::openapi::check(&file);
+}
+
+#[tokio::test]
+async fn peers_and_admins() {
+    let (_db, _dir, d) = setup().await;
+    // Run the CLI as `nobody` (uid 65534): allowed on app, not on other, not an admin.
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(support::daemon::bin())
+            .arg("--socket")
+            .arg(d.socket_path())
+            .args(args)
+            .output()
+            .expect("runuser runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = as_nobody(&["query", "app", "SELECT current_user"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("app"), "{out}");
+    let (code, _, err) = as_nobody(&["query", "other", "SELECT 1"]);
+    assert_eq!(code, 77, "{err}");
+    assert!(
+        err.contains("uid 65534 may not use target \"other\""),
+        "{err}"
+    );
+    let (code, _, err) = as_nobody(&["rotate", "app"]);
+    assert_eq!(code, 77, "{err}");
+    assert!(
+        err.contains("uid 65534 may not rotate: only api.admin_uids [0] may"),
+        "{err}"
+    );
+    // The refusal is logged with the peer's uid and pid.
+    assert!(
+        d.log()
+            .contains("refused: peer not allowed to use the target")
+            && d.log().contains("uid=65534"),
+        "{}",
+        d.log()
+    );
+    // nobody sees only its own target.
+    let (code, out, _) = as_nobody(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["targets"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn rate_limit_per_uid() {
+    let db = Cluster::start_tls();
+    db.create_role("app", "pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", "pw");
+    let d = Daemon::start(
+        &target_toml(&db, "app", &s, ""),
+        "rate_limit_per_second = 1.0\nrate_limit_burst = 3",
+    )
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let (s, v, _) = d.get("/v1/targets/app").await;
+        codes.push((s, v["error"]["code"].as_str().map(str::to_string)));
+    }
+    assert_eq!(codes[..3].iter().filter(|(s, _)| *s == 200).count(), 3);
+    assert_eq!(codes[3], (429, Some("rate_limited".to_string())));
+    let r = credswap::api::client::request(
+        d.socket_path(),
+        "GET",
+        "/v1/targets/app",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_keep_working_through_rotations_via_the_socket() {
+    let db = Cluster::start_tls();
+    db.create_role("app", "pw-0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", "pw-0");
+    let d = Daemon::start(&target_toml(&db, "app", &s, "pool = { max_size = 8 }"), "").await;
+    d.wait_ready().await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let socket = d.socket_path().to_path_buf();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !*stop.borrow() {
+                    match credswap::api::client::request(
+                        &socket,
+                        "POST",
+                        "/v1/targets/app/query",
+                        Some(json!({"sql": "SELECT 1"}).to_string()),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(String::from_utf8_lossy(&r.body).into_owned()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for i in 1..=20 {
+        let pw = format!("pw-{i}");
+        db.set_password("app", &pw).await;
+        secret(dir.path(), "app.json", "app", &pw);
+        // The file watcher may notice the new file before this request: either way one swap.
+        let (s, v, _) = d
+            .call(
+                "POST",
+                "/v1/targets/app/rotate",
+                Some(json!({"wait": true})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            matches!(v["result"].as_str(), Some("swapped" | "unchanged")),
+            "{v}"
+        );
+    }
+    let (_, v, _) = d.get("/v1/targets/app").await;
+    assert_eq!(
+        v["generation"]["id"], 21,
+        "one new generation per password: {v}"
+    );
+    stop_tx.send_replace(true);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}\n{}",
+        failed.len(),
+        failed.first(),
+        d.log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(ok > 200, "{ok}");
+}
