@@ -180,13 +180,13 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// The exit code for an HTTP status from the daemon.
-fn exit_for(status: u16) -> u8 {
-    match status {
-        200..=299 => 0,
-        403 => EXIT_REFUSED,
-        400 | 404 | 405 | 413 => EXIT_USAGE,
-        503 | 504 | 429 => EXIT_UNAVAILABLE,
+/// The exit code for an error answer from the daemon, by its error code.
+fn exit_for(status: u16, code: Option<&str>) -> u8 {
+    match (status, code) {
+        (200..=299, _) => 0,
+        (_, Some("forbidden")) | (403, _) => EXIT_REFUSED,
+        (_, Some("bad_request" | "not_found" | "payload_too_large")) => EXIT_USAGE,
+        (_, Some("unavailable" | "pool_exhausted" | "rate_limited")) => EXIT_UNAVAILABLE,
         _ => EXIT_FAILED,
     }
 }
@@ -202,7 +202,7 @@ fn fail(reply: &client::Reply) -> ExitCode {
         Some(state) => eprintln!("credswap: {msg} (SQLSTATE {state})"),
         None => eprintln!("credswap: {msg}"),
     }
-    ExitCode::from(exit_for(reply.status))
+    ExitCode::from(exit_for(reply.status, v["error"]["code"].as_str()))
 }
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -271,8 +271,9 @@ async fn rotate(
                         let words = match v["step"].as_str().unwrap_or_default() {
                             "fetch" => "fetching credentials",
                             "connect" => "connecting",
-                            "verify" => "verifying",
+                            "verify" => "verified",
                             "warm" => "opening connections",
+                            "swap" => "swapped",
                             "drain" => "draining the old generation",
                             other => other,
                         };

@@ -379,6 +379,10 @@ impl Rotator {
                 }
             }
         };
+        self.target.emit(EventKind::Step {
+            rotation,
+            step: Step::Verify,
+        });
         let timings = pool.timings();
         steps.push(StepTiming {
             step: Step::Connect,
@@ -425,6 +429,10 @@ impl Rotator {
         steps.push(StepTiming {
             step: Step::Swap,
             duration: t.elapsed(),
+        });
+        self.target.emit(EventKind::Step {
+            rotation,
+            step: Step::Swap,
         });
         self.generations = id;
         self.schedule(&creds);

@@ -120,6 +120,20 @@ impl Daemon {
         )
     }
 
+    /// The health status code, or `None` when nothing answers.
+    pub async fn get_health(&self) -> Option<u16> {
+        client::request(
+            &self.socket,
+            "GET",
+            "/v1/health",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()
+        .map(|r| r.status)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value, String) {
         self.call("GET", path, None).await
     }

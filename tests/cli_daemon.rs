@@ -1,0 +1,157 @@
+//! The CLI against a running daemon, the socket's life, and shutdown.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::daemon::{bin, Daemon};
+use support::pg::{pki, Cluster};
+use support::CANARY_PASSWORD;
+
+async fn start() -> (Cluster, tempfile::TempDir, Daemon) {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("app.json");
+    std::fs::write(
+        &secret,
+        json!({"username": "app", "password": CANARY_PASSWORD}).to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = format!(
+        "[[target]]\nname = \"app\"\nurl = \"{}\"\nmin_rotation_interval = \"0s\"\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
+        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
+        secret.display()
+    );
+    let d = Daemon::start(&config, "").await;
+    d.wait_ready().await;
+    (db, dir, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_rotate_query_and_exit_codes() {
+    let (_db, _dir, mut d) = start().await;
+    let mut outputs = Vec::new();
+
+    let (code, out, err) = d.cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("TARGET  STATE"), "{out}");
+    assert!(out.contains("app     ready  g1   app"), "{out}");
+    outputs.push(out);
+    let (code, out, _) = d.cli(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["targets"][0]["generation"]["id"], 1);
+    outputs.push(out);
+
+    let (code, out, err) = d.cli(&["rotate", "app", "--force", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("app: swapped to generation 2"), "{out}");
+    assert!(out.contains("steps: fetch"), "{out}");
+    for step in [
+        "fetching credentials",
+        "connecting",
+        "verified",
+        "swapped",
+        "draining",
+        "old generation g1 drained",
+    ] {
+        assert!(
+            err.contains(step),
+            "rotate --wait does not show \"{step}\":\n{err}"
+        );
+    }
+    outputs.push(out + &err);
+    let (code, out, _) = d.cli(&["rotate", "app", "--wait"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("unchanged"), "{out}");
+
+    let (code, out, err) = d.cli(&[
+        "query",
+        "app",
+        "SELECT $1::int4 + 1 AS n, $2::text AS s, current_user AS u",
+        "41",
+        "hello",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "n   s      u\n42  hello  app\n(SELECT 1)\n");
+    let (code, out, _) = d.cli(&["query", "app", "SELECT 1 AS one", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"], json!([[1]]));
+    outputs.push(out);
+
+    // Exit codes: failed, usage, unavailable.
+    let (code, _, err) = d.cli(&["query", "app", "SELECT * FROM nope"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("relation \"nope\" does not exist (SQLSTATE 42P01)"),
+        "{err}"
+    );
+    let (code, _, err) = d.cli(&["query", "nope", "SELECT 1"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = d.cli(&["query", "app", "SELECT $1::int4", "not-a-number"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("parameter $1 is int4"), "{err}");
+
+    for o in &outputs {
+        support::assert_no_canary("CLI output", o);
+    }
+    support::assert_no_canary("daemon log", &d.log());
+
+    // SIGTERM: exit 0, socket removed.
+    let socket = d.socket_path().to_path_buf();
+    assert_eq!(d.terminate(), Some(0));
+    assert!(!socket.exists(), "the socket file is removed at shutdown");
+    let out = std::process::Command::new(bin())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "no daemon: unavailable");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is credswap running?"));
+}
+
+#[tokio::test]
+async fn a_second_daemon_refuses_and_a_stale_socket_is_replaced() {
+    let (_db, _dir, mut d) = start().await;
+    // A second daemon on the same socket refuses to start and leaves the first alone.
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another credswap is already listening on"),
+        "{err}"
+    );
+    assert_eq!(d.get("/v1/health").await.0, 200);
+
+    // A crash leaves the socket file behind: the next start replaces it.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(d.socket_path().exists(), "SIGKILL leaves the file");
+    let config = d.config.clone();
+    let restarted = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    d.child = Some(restarted);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.get_health().await != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not restart over the stale socket"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
