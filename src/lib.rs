@@ -17,3 +17,4 @@ pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod tls;
+pub mod webhook;

@@ -22,6 +22,8 @@ pub enum ServiceError {
     Signals(std::io::Error),
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// Runs the daemon until a termination signal.
@@ -39,6 +41,20 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let metrics = Arc::new(Metrics::new());
     let recorder = tokio::spawn(record(engine.subscribe(), metrics.clone(), kinds(&config)));
     let state = Arc::new(ApiState::new(&config, engine.clone(), metrics));
+    let webhooks = match &config.webhook {
+        Some(w) => match crate::webhook::start(w, engine.clone(), config.targets.clone()).await {
+            Ok(l) => {
+                tracing::info!(listen = %w.listen, "webhook listener started");
+                Some(l)
+            }
+            Err(e) => {
+                engine.shutdown().await;
+                recorder.abort();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(api::serve(listener, state, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -58,6 +74,9 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
             .join("\n");
         stop_tx.send_replace(true);
         let _ = server.await;
+        if let Some(w) = webhooks {
+            w.stop().await;
+        }
         engine.shutdown().await;
         recorder.abort();
         drop(socket_guard);
@@ -78,6 +97,9 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
             r = &mut server => break Some(r),
         }
     };
+    if let Some(w) = webhooks {
+        w.stop().await;
+    }
     if let Some(result) = served {
         engine.shutdown().await;
         recorder.abort();

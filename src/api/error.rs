@@ -45,6 +45,14 @@ impl ApiError {
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
     }
+    pub fn unauthorized() -> Self {
+        // Deliberately vague: never say which part of a signature or token was wrong.
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid or missing signature or token",
+        )
+    }
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", m)
     }

@@ -1,18 +1,23 @@
-//! A token bucket per peer uid: one noisy application cannot starve the others.
+//! A token bucket per client (a peer uid on the socket, an address for webhooks): one noisy
+//! client cannot starve the others.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Buckets by uid.
+/// Most clients tracked; beyond that, idle full buckets are forgotten.
+const MAX_CLIENTS: usize = 10_000;
+
+/// Buckets by client key.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = u32> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<u32, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// `per_second` 0 turns limiting off.
     pub fn new(per_second: f64, burst: u32) -> Self {
         RateLimiter {
@@ -22,14 +27,19 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for `uid`, or says in how many seconds one will be there.
-    pub fn take(&self, uid: u32) -> Result<(), u64> {
+    /// Takes a token for `key`, or says in how many seconds one will be there.
+    pub fn take(&self, key: K) -> Result<(), u64> {
         if self.per_second <= 0.0 {
             return Ok(());
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("never poisoned");
-        let (tokens, last) = buckets.entry(uid).or_insert((self.burst, now));
+        if buckets.len() >= MAX_CLIENTS {
+            let (rate, burst) = (self.per_second, self.burst);
+            buckets
+                .retain(|_, (t, last)| *t + now.duration_since(*last).as_secs_f64() * rate < burst);
+        }
+        let (tokens, last) = buckets.entry(key).or_insert((self.burst, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
@@ -48,12 +58,12 @@ mod tests {
 
     #[test]
     fn burst_then_refuse() {
-        let r = RateLimiter::new(1.0, 3);
+        let r: RateLimiter = RateLimiter::new(1.0, 3);
         assert!(r.take(5).is_ok());
         assert!(r.take(5).is_ok());
         assert!(r.take(5).is_ok());
         assert_eq!(r.take(5), Err(1));
         assert!(r.take(6).is_ok(), "buckets are per uid");
-        assert!(RateLimiter::new(0.0, 1).take(5).is_ok());
+        assert!(RateLimiter::<u32>::new(0.0, 1).take(5).is_ok());
     }
 }

@@ -78,6 +78,9 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Webhook helpers.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Run a statement on a target's current pool.
     Query {
         target: String,
@@ -89,6 +92,50 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum WebhookCommand {
+    /// Print the headers that sign a webhook body, for curl or for wiring a sender.
+    Sign {
+        /// The HMAC key file (the same file the daemon's webhook.hmac_key_files names).
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        /// The body to sign: a file, or - for standard input.
+        #[arg(long, value_name = "FILE|-", default_value = "-")]
+        body: String,
+    },
+}
+
+fn webhook_sign(key_file: &std::path::Path, body: &str) -> ExitCode {
+    use std::io::Read;
+    let key = match crate::webhook::auth::read_secret_file(key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("credswap: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let bytes = if body == "-" {
+        let mut buf = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+            eprintln!("credswap: cannot read standard input: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        buf
+    } else {
+        match std::fs::read(body) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("credswap: cannot read {body}: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    };
+    let header = crate::webhook::auth::sign(&key, crate::webhook::auth::now(), &bytes);
+    println!("X-Credswap-Signature: {header}");
+    println!("Content-Type: application/json");
+    ExitCode::SUCCESS
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,6 +145,10 @@ pub fn main() -> ExitCode {
         .expect("a tokio runtime can be built");
     match cli.command {
         Command::CheckConfig { ref file } => check_config(file.clone().or(cli.config.clone())),
+        Command::Webhook(WebhookCommand::Sign {
+            ref key_file,
+            ref body,
+        }) => webhook_sign(key_file, body),
         Command::Run => {
             init_logs(cli.log_format);
             match Config::load(cli.config.as_deref(), &ProcessEnv) {
@@ -221,7 +272,9 @@ async fn talk(command: Command, socket: PathBuf) -> ExitCode {
             params,
             json,
         } => query(&socket, &target, &sql, &params, json).await,
-        Command::Run | Command::CheckConfig { .. } => unreachable!("handled before"),
+        Command::Run | Command::CheckConfig { .. } | Command::Webhook(_) => {
+            unreachable!("handled before")
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("credswap: {e}");

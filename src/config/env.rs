@@ -73,6 +73,7 @@ pub fn environment_only(env: &dyn Env) -> Result<Config, ConfigErrors> {
         file: None,
         daemon: Default::default(),
         api: Api::defaults(),
+        webhook: None,
         targets: vec![Target::new(DEFAULT_TARGET, conn, source)],
         warnings: Vec::new(),
     })?;
@@ -86,6 +87,7 @@ fn unreachable_config() -> Config {
         file: None,
         daemon: Default::default(),
         api: Api::defaults(),
+        webhook: None,
         targets: vec![],
         warnings: vec![],
     }

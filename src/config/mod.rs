@@ -22,7 +22,7 @@ pub use env::{Env, ProcessEnv, DEFAULT_TARGET};
 pub use render::render_effective;
 pub use types::{
     ApiConfig, BreakerSettings, DaemonConfig, PoolSettings, RetrySettings, SourceConfig,
-    StartupPolicy,
+    StartupPolicy, WebhookConfig,
 };
 
 use crate::dsn::ConnInfo;
@@ -37,6 +37,7 @@ pub struct Config {
     pub file: Option<PathBuf>,
     pub daemon: DaemonConfig,
     pub api: Api,
+    pub webhook: Option<WebhookConfig>,
     pub targets: Vec<Target>,
     /// Things that work but deserve a look (printed by `check-config`, logged at start).
     pub warnings: Vec<String>,
@@ -217,6 +218,7 @@ impl Config {
             file: None,
             daemon: DaemonConfig::default(),
             api: Api::defaults(),
+            webhook: None,
             targets,
             warnings: Vec::new(),
         }

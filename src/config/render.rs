@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::duration;
-use super::types::{BreakerSettings, DaemonConfig, PoolSettings, RetrySettings};
+use super::types::{BreakerSettings, DaemonConfig, PoolSettings, RetrySettings, WebhookConfig};
 use super::{Config, Source};
 use crate::secret::aws::AwsSourceConfig;
 use crate::secret::file::FileSourceConfig;
@@ -13,6 +13,8 @@ use crate::secret::vault::VaultSourceConfig;
 struct Effective<'a> {
     daemon: &'a DaemonConfig,
     api: EffectiveApi<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<&'a WebhookConfig>,
     target: Vec<EffectiveTarget<'a>>,
 }
 
@@ -62,6 +64,7 @@ enum EffectiveSource {
 pub fn render_effective(config: &Config) -> String {
     let effective = Effective {
         daemon: &config.daemon,
+        webhook: config.webhook.as_ref(),
         api: EffectiveApi {
             socket: config.api.socket.display().to_string(),
             socket_mode: format!("{:04o}", config.api.socket_mode),

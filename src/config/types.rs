@@ -19,6 +19,9 @@ pub struct FileConfig {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The rotation webhook listener; absent means none.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
 }
@@ -65,6 +68,56 @@ pub enum StartupPolicy {
     RunDegraded,
     /// Exit with an error naming the targets, their failed step and why.
     Exit,
+}
+
+/// The rotation webhook listener (for senders off the host).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// TCP address; `""` for none.
+    #[serde(default = "default_webhook_listen")]
+    pub listen: String,
+    /// Also (or only) on a Unix socket.
+    #[serde(default)]
+    pub unix_socket: Option<PathBuf>,
+    /// TLS for the TCP listener: server certificate chain and key (PEM).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// HMAC keys, one or two (two while the key itself rotates); files, never inline.
+    #[serde(default)]
+    pub hmac_key_files: Vec<PathBuf>,
+    /// A static token for senders that cannot sign (EventBridge API destinations).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The header the token comes in; `authorization` takes `Bearer <token>`.
+    #[serde(default = "default_token_header")]
+    pub token_header: String,
+    /// Signed timestamps further than this from now are refused.
+    #[serde(default = "default_max_skew", with = "duration")]
+    pub max_skew: Duration,
+    /// Requests per second per source address.
+    #[serde(default = "default_webhook_rate")]
+    pub rate_limit_per_second: f64,
+    #[serde(default = "default_webhook_burst")]
+    pub rate_limit_burst: u32,
+}
+
+fn default_webhook_listen() -> String {
+    "127.0.0.1:9460".into()
+}
+fn default_token_header() -> String {
+    "authorization".into()
+}
+fn default_max_skew() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_webhook_rate() -> f64 {
+    10.0
+}
+fn default_webhook_burst() -> u32 {
+    50
 }
 
 /// The local Unix socket API.

@@ -119,9 +119,14 @@ pub fn validate(
             });
         }
     }
+    let webhook = raw.webhook.clone();
+    if let Some(w) = &webhook {
+        check_webhook(w, &mut c);
+    }
     c.finish(Config {
         file: file.map(Path::to_path_buf),
         daemon: raw.daemon.clone(),
+        webhook,
         api,
         targets,
         warnings: Vec::new(),
@@ -483,4 +488,39 @@ fn check_access(t: &TargetConfig, at: &str, c: &mut Collector<'_>) -> super::acc
         }
     }
     access
+}
+
+fn check_webhook(w: &super::WebhookConfig, c: &mut Collector<'_>) {
+    if w.hmac_key_files.is_empty() && w.token_file.is_none() {
+        c.error(
+            "webhook".into(),
+            "has no way to authenticate senders; fix: set hmac_key_files, token_file, or both",
+        );
+    }
+    if w.hmac_key_files.len() > 2 {
+        c.error(
+            "webhook.hmac_key_files".into(),
+            "holds more than two keys; fix: keep the current key and, during a rollover, the next one",
+        );
+    }
+    if w.listen.is_empty() && w.unix_socket.is_none() {
+        c.error(
+            "webhook.listen".into(),
+            "is empty and there is no unix_socket; fix: give one of them",
+        );
+    } else if !w.listen.is_empty() && w.listen.parse::<std::net::SocketAddr>().is_err() {
+        c.error(
+            "webhook.listen".into(),
+            format!(
+                "\"{}\" is not an address:port; fix: write it like \"127.0.0.1:9460\"",
+                w.listen
+            ),
+        );
+    }
+    if w.tls_cert_file.is_some() != w.tls_key_file.is_some() {
+        c.error(
+            "webhook.tls_cert_file".into(),
+            "tls_cert_file and tls_key_file go together",
+        );
+    }
 }

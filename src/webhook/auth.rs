@@ -1,0 +1,277 @@
+//! Webhook authentication: HMAC-SHA256 signatures with a timestamp and replay protection, or a
+//! static token compared in constant time. Keys and tokens come from files, never the
+//! configuration text. A refusal never says which part was wrong.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use sha2::Sha256;
+
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "x-credswap-signature";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a key or token file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("webhook key file {path}: {problem}")]
+pub struct KeyFileError {
+    pub path: String,
+    pub problem: String,
+}
+
+/// Reads a key or token file: trimmed, not empty, not readable by others.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, KeyFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |problem: String| KeyFileError {
+        path: path.display().to_string(),
+        problem,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.mode() & 0o007 != 0 {
+        return Err(err(format!(
+            "accessible to other users (mode {:04o}); fix: chmod o-rwx",
+            meta.mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(err("is empty".into()));
+    }
+    Ok(SecretString::from(text.to_string()))
+}
+
+/// Computes the header value for `body` at `timestamp` (for `credswap webhook sign`).
+pub fn sign(key: &SecretString, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key.expose_secret().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={timestamp},v1={hex}")
+}
+
+/// The current Unix time in seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// Checks signatures and tokens.
+pub struct Verifier {
+    keys: Vec<SecretBox<[u8]>>,
+    token: Option<SecretString>,
+    token_header: String,
+    max_skew: Duration,
+    /// Signatures seen, with when they stop mattering (outside the window anyway).
+    seen: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+/// Whether a request is authentic.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Refused,
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Constant-time equality of two byte strings (length is not secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Verifier {
+    /// `keys`: the active HMAC keys (two during a rollover); `token`: a static token and the
+    /// header that carries it (`authorization` takes `Bearer <token>`).
+    pub fn new(
+        keys: Vec<SecretString>,
+        token: Option<SecretString>,
+        token_header: &str,
+        max_skew: Duration,
+    ) -> Verifier {
+        Verifier {
+            keys: keys
+                .into_iter()
+                .map(|k| SecretBox::new(k.expose_secret().as_bytes().to_vec().into_boxed_slice()))
+                .collect(),
+            token,
+            token_header: token_header.to_ascii_lowercase(),
+            max_skew,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The header the token comes in.
+    pub fn token_header(&self) -> &str {
+        &self.token_header
+    }
+
+    /// Checks a request given its signature header, token header and body.
+    pub fn check(
+        &self,
+        signature: Option<&str>,
+        token: Option<&str>,
+        body: &[u8],
+        now: u64,
+    ) -> Verdict {
+        if let (Some(want), Some(got)) = (&self.token, token) {
+            let got = if self.token_header == "authorization" {
+                got.strip_prefix("Bearer ").unwrap_or("")
+            } else {
+                got
+            };
+            if same(want.expose_secret().as_bytes(), got.as_bytes()) {
+                return Verdict::Ok;
+            }
+        }
+        match signature {
+            Some(sig) if !self.keys.is_empty() => self.check_signature(sig, body, now),
+            _ => Verdict::Refused,
+        }
+    }
+
+    fn check_signature(&self, header: &str, body: &[u8], now: u64) -> Verdict {
+        let mut timestamp = None;
+        let mut candidates = Vec::new();
+        for part in header.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", v)) => timestamp = v.parse::<u64>().ok(),
+                Some(("v1", v)) => candidates.extend(decode_hex(v)),
+                _ => {}
+            }
+        }
+        let Some(t) = timestamp else {
+            return Verdict::Refused;
+        };
+        if t.abs_diff(now) > self.max_skew.as_secs() {
+            return Verdict::Refused;
+        }
+        let valid = candidates.iter().find(|sig| {
+            self.keys.iter().any(|key| {
+                let mut mac =
+                    HmacSha256::new_from_slice(key.expose_secret()).expect("any key length");
+                mac.update(t.to_string().as_bytes());
+                mac.update(b".");
+                mac.update(body);
+                mac.verify_slice(sig).is_ok()
+            })
+        });
+        let Some(sig) = valid else {
+            return Verdict::Refused;
+        };
+        // Replay: a signature is good once within its window.
+        let mut seen = self.seen.lock().expect("never poisoned");
+        seen.retain(|_, until| *until >= now);
+        if seen.contains_key(sig) {
+            return Verdict::Refused;
+        }
+        seen.insert(sig.clone(), t + self.max_skew.as_secs());
+        Verdict::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> SecretString {
+        SecretString::from(k.to_string())
+    }
+
+    #[test]
+    fn signatures() {
+        let v = Verifier::new(
+            vec![key("k1"), key("k2")],
+            None,
+            "authorization",
+            Duration::from_secs(300),
+        );
+        let body = br#"{"target":"app"}"#;
+        let t = 1_800_000_000;
+        let good = sign(&key("k1"), t, body);
+        assert_eq!(v.check(Some(&good), None, body, t + 10), Verdict::Ok);
+        assert_eq!(
+            v.check(Some(&good), None, body, t + 10),
+            Verdict::Refused,
+            "replay"
+        );
+        // Rollover: the second key works too.
+        assert_eq!(
+            v.check(Some(&sign(&key("k2"), t, body)), None, body, t),
+            Verdict::Ok
+        );
+        assert_eq!(
+            v.check(Some(&sign(&key("k3"), t, body)), None, body, t),
+            Verdict::Refused,
+            "unknown key"
+        );
+        assert_eq!(
+            v.check(Some(&sign(&key("k1"), t - 301, body)), None, body, t),
+            Verdict::Refused,
+            "old"
+        );
+        assert_eq!(
+            v.check(Some(&sign(&key("k1"), t + 301, body)), None, body, t),
+            Verdict::Refused,
+            "future"
+        );
+        assert_eq!(
+            v.check(Some(&sign(&key("k1"), t + 1, b"other")), None, body, t),
+            Verdict::Refused,
+            "body"
+        );
+        assert_eq!(v.check(Some("garbage"), None, body, t), Verdict::Refused);
+        assert_eq!(v.check(None, None, body, t), Verdict::Refused);
+    }
+
+    #[test]
+    fn tokens() {
+        let v = Verifier::new(
+            vec![],
+            Some(key("tok")),
+            "Authorization",
+            Duration::from_secs(300),
+        );
+        assert_eq!(v.check(None, Some("Bearer tok"), b"", 0), Verdict::Ok);
+        assert_eq!(v.check(None, Some("Bearer tok2"), b"", 0), Verdict::Refused);
+        assert_eq!(v.check(None, Some("tok"), b"", 0), Verdict::Refused);
+        let v = Verifier::new(
+            vec![],
+            Some(key("tok")),
+            "X-Api-Key",
+            Duration::from_secs(300),
+        );
+        assert_eq!(v.check(None, Some("tok"), b"", 0), Verdict::Ok);
+    }
+}
