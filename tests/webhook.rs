@@ -206,7 +206,8 @@ async fn authentication_and_refusals() {
         .0,
         202
     );
-    let refusals: Vec<(&str, Vec<u8>, Vec<(&str, String)>)> = vec![
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>);
+    let refusals: Vec<Case> = vec![
         ("no signature", bytes.clone(), vec![]),
         (
             "bad signature",
