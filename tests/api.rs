@@ -318,6 +318,25 @@ async fn endpoints_types_limits_and_no_leaks() {
     for h in holders {
         assert_eq!(h.await.unwrap(), 200);
     }
+    // Those connections were held past leak_threshold (200 ms): logged and counted.
+    let r = credswap::api::client::request(
+        d.socket_path(),
+        "GET",
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let leaks: f64 = String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("credswap_connection_leaks{target=\"app\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the leak gauge is exported");
+    assert!(leaks >= 4.0, "{leaks} leaks counted");
+    assert!(d
+        .log()
+        .contains("a connection was held longer than leak_threshold"));
 
     // Events and metrics.
     let (s, v, _) = call!(

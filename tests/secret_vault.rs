@@ -395,3 +395,41 @@ async fn database_engine_dynamic_and_static() {
         assert!(!logs.contains(secret), "a secret was logged");
     }
 }
+
+#[tokio::test]
+async fn the_store_over_tls_with_its_ca_file() {
+    let bao = Bao::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    // Wait until the TLS listener answers (the CA file appears slightly before).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bao
+        .call_with(BAO_ROOT_TOKEN, "GET", "sys/health", None)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "OpenBao TLS did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bao.kv2_put("app/rw", json!({"username": "app", "password": "p"}))
+        .await;
+    let auth = VaultAuth::Token {
+        token_file: Some(secret_file(dir.path(), "token", BAO_ROOT_TOKEN)),
+    };
+    let mut c = cfg(&bao, auth, VaultEngine::Kv2, "app/rw");
+    assert!(c.address.starts_with("https://"));
+    // Without its CA the store's certificate is not trusted.
+    let err = VaultSource::new(&c).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecretError::Unavailable { .. } | SecretError::StoreAuth { .. }
+        ),
+        "{err:?}"
+    );
+    c.ca_file = Some(bao.ca_file());
+    let src = VaultSource::new(&c).await.unwrap();
+    assert_eq!(src.fetch(Stage::Current).await.unwrap().username, "app");
+}

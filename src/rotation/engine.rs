@@ -79,6 +79,34 @@ impl Engine {
         self.targets.iter().find(|t| t.name() == name)
     }
 
+    /// Whether every rotator task is running (for the systemd watchdog).
+    pub fn rotators_alive(&self) -> bool {
+        self.targets.iter().all(|t| t.rotator_alive())
+    }
+
+    /// One line for `systemctl status`: `app_rw: gen 7 ready; app_ro: degraded (...)`.
+    pub fn status_line(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| {
+                let s = t.status();
+                let gen = s
+                    .generation
+                    .map(|g| format!("gen {} ", g.id))
+                    .unwrap_or_default();
+                match s.reason {
+                    Some(r) if s.state != TargetState::Ready => {
+                        let mut r = r;
+                        r.truncate(120);
+                        format!("{}: {gen}{} ({r})", s.name, s.state.as_str())
+                    }
+                    _ => format!("{}: {gen}{}", s.name, s.state.as_str()),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Rotation, state and drain events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()

@@ -172,6 +172,19 @@ impl Rotator {
     }
 
     pub(crate) async fn run(mut self) {
+        /// Marks the rotator dead when it returns or panics.
+        struct Alive(Arc<TargetRuntime>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0
+                    .alive
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        self.target
+            .alive
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _alive = Alive(self.target.clone());
         loop {
             if let Some(gate) = self.gate() {
                 if gate <= Instant::now() {

@@ -48,6 +48,8 @@ pub struct TargetRuntime {
     events: broadcast::Sender<Event>,
     state_tx: watch::Sender<TargetState>,
     max_size: u32,
+    /// True while the target's rotator task runs (the watchdog checks it).
+    pub(crate) alive: std::sync::atomic::AtomicBool,
 }
 
 /// A connection of the current generation, with the generation it came from.
@@ -113,12 +115,18 @@ impl TargetRuntime {
             events,
             state_tx: watch::channel(TargetState::Starting).0,
             max_size,
+            alive: std::sync::atomic::AtomicBool::new(false),
         });
         (target, rx)
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether its rotator task is running.
+    pub fn rotator_alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The generation requests use now.

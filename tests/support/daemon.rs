@@ -25,6 +25,11 @@ impl Daemon {
     /// Starts `credswap run` with `config` (a TOML text that must not set `[api] socket`;
     /// `extra_api` adds keys to the `[api]` table) and waits until it answers /v1/health.
     pub async fn start(config: &str, extra_api: &str) -> Daemon {
+        Self::start_with_env(config, extra_api, &[]).await
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub async fn start_with_env(config: &str, extra_api: &str, env: &[(&str, &str)]) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         // Other users (the refused-peer test) must reach the socket.
@@ -45,6 +50,7 @@ impl Daemon {
             .arg(&path)
             .env("RUST_LOG", "debug")
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -20,3 +20,12 @@ pub fn assert_no_canary(what: &str, text: &str) {
         "{what} leaks the canary password:\n{text}"
     );
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -143,14 +143,6 @@ pub fn pki() -> &'static Pki {
     &cache().pki
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     /// A cluster with `ssl=on`: `hostssl` SCRAM for everyone, a client certificate required for
     /// `certuser`, and `hostnossl ... reject`. Listens on 127.0.0.1 and 127.0.0.2; the server
@@ -206,7 +198,7 @@ impl Cluster {
 
         let mut last_error = String::new();
         for _ in 0..5 {
-            let port = free_port();
+            let port = super::free_port();
             let conf = format!(
                 "listen_addresses = '127.0.0.1,127.0.0.2'\nport = {port}\n\
                  unix_socket_directories = '{}'\nssl = {}\nssl_cert_file = 'server.crt'\n\

@@ -22,14 +22,6 @@ fn venv_bin(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits until `url` answers 200, or panics with the server's output.
 fn wait_ready(child: &mut Child, url: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -76,7 +68,7 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        let port = free_port();
+        let port = super::free_port();
         let mut child = Command::new(venv_bin("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -149,11 +141,65 @@ pub struct Bao {
     child: Child,
     port: u16,
     http: reqwest::Client,
+    /// With `-dev-tls`: the directory holding its generated CA (`vault-ca.pem`).
+    tls_dir: Option<tempfile::TempDir>,
 }
 
 impl Bao {
+    /// A dev server on HTTPS with a CA of its own (`ca_file()`).
+    pub fn start_tls() -> Bao {
+        let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(venv_bin("openbao-server"))
+            .args([
+                "server",
+                "-dev",
+                "-dev-tls",
+                "-dev-no-store-token",
+                &format!("-dev-tls-cert-dir={}", dir.path().display()),
+                &format!("-dev-root-token-id={BAO_ROOT_TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the OpenBao server starts");
+        let ca = dir.path().join("vault-ca.pem");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(ca.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("OpenBao exited during start-up with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao with TLS did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        credswap::tls::install_default_provider();
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+        Bao {
+            child,
+            port,
+            http: reqwest::Client::builder()
+                .add_root_certificate(root)
+                .build()
+                .unwrap(),
+            tls_dir: Some(dir),
+        }
+    }
+
+    /// The CA of a TLS dev server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.tls_dir
+            .as_ref()
+            .expect("started with start_tls")
+            .path()
+            .join("vault-ca.pem")
+    }
+
     pub fn start() -> Bao {
-        let port = free_port();
+        let port = super::free_port();
         let mut child = Command::new(venv_bin("openbao-server"))
             .args([
                 "server",
@@ -176,11 +222,17 @@ impl Bao {
             child,
             port,
             http: reqwest::Client::new(),
+            tls_dir: None,
         }
     }
 
     pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A request with the root token; panics on an error status, with the body.

@@ -1,6 +1,9 @@
 //! `credswap run`: the daemon's life from start to exit. Start the engine, open the socket,
 //! report ready, serve until SIGTERM/SIGINT, then stop accepting, let requests finish, drain
-//! every pool and remove the socket. A second signal exits at once.
+//! every pool and remove the socket. A second signal exits at once. systemd hears about it
+//! through [`notify`]: `READY=1`, `STATUS=` lines, `WATCHDOG=1`, `STOPPING=1`.
+
+pub mod notify;
 
 use std::sync::Arc;
 
@@ -39,7 +42,14 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let (listener, socket_guard) = socket::bind(&config.api)?;
     let engine = Arc::new(Engine::start(&config));
     let metrics = Arc::new(Metrics::new());
-    let recorder = tokio::spawn(record(engine.subscribe(), metrics.clone(), kinds(&config)));
+    let notifier = Arc::new(notify::Notifier::from_env());
+    let recorder = tokio::spawn(record(
+        engine.subscribe(),
+        metrics.clone(),
+        kinds(&config),
+        engine.clone(),
+        notifier.clone(),
+    ));
     let state = Arc::new(ApiState::new(&config, engine.clone(), metrics));
     let webhooks = match &config.webhook {
         Some(w) => match crate::webhook::start(w, engine.clone(), config.targets.clone()).await {
@@ -83,6 +93,23 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         return Err(ServiceError::NotReady(list));
     }
     tracing::info!(ready = ?report.ready, not_ready = report.not_ready.len(), "ready");
+    notifier.send(&format!("READY=1\nSTATUS={}", engine.status_line()));
+    // The watchdog is fed only while the runtime schedules this task and every rotator runs,
+    // so a wedged daemon gets restarted.
+    let watchdog = notify::Notifier::watchdog_interval().map(|every| {
+        let (engine, notifier) = (engine.clone(), notifier.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if engine.rotators_alive() {
+                    notifier.send("WATCHDOG=1");
+                } else {
+                    tracing::error!("a rotator task has stopped; withholding the watchdog ping");
+                }
+            }
+        })
+    });
 
     let served = loop {
         tokio::select! {
@@ -110,6 +137,10 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         };
     }
     tracing::info!("shutting down: no new requests; in-flight ones may finish");
+    notifier.send("STOPPING=1\nSTATUS=stopping: finishing requests, draining pools");
+    if let Some(w) = &watchdog {
+        w.abort();
+    }
     // A second signal means "now".
     tokio::spawn(async move {
         tokio::select! {
@@ -142,12 +173,15 @@ fn kinds(config: &Config) -> Vec<(String, &'static str)> {
         .collect()
 }
 
-/// Feeds rotation events into the metrics.
+/// Feeds rotation events into the metrics and the `STATUS=` line.
 async fn record(
     mut events: tokio::sync::broadcast::Receiver<crate::rotation::Event>,
     metrics: Arc<Metrics>,
     kinds: Vec<(String, &'static str)>,
+    engine: Arc<Engine>,
+    notifier: Arc<notify::Notifier>,
 ) {
+    use crate::rotation::EventKind;
     loop {
         match events.recv().await {
             Ok(e) => {
@@ -156,6 +190,14 @@ async fn record(
                     .find(|(n, _)| *n == e.target)
                     .map_or("unknown", |(_, k)| k);
                 metrics.observe(&e, kind);
+                if notifier.enabled()
+                    && matches!(
+                        e.kind,
+                        EventKind::StateChanged { .. } | EventKind::RotationFinished(_)
+                    )
+                {
+                    notifier.send(&format!("STATUS={}", engine.status_line()));
+                }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
