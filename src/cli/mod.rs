@@ -330,7 +330,8 @@ async fn rotate(
                             "drain" => "draining the old generation",
                             other => other,
                         };
-                        eprintln!("  {words}...");
+                        let done = matches!(words, "verified" | "swapped");
+                        eprintln!("  {words}{}", if done { "" } else { "..." });
                         true
                     }
                     "drain_finished" => {
