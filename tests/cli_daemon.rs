@@ -155,3 +155,51 @@ async fn a_second_daemon_refuses_and_a_stale_socket_is_replaced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_query_finish() {
+    let (db, _dir, mut d) = start().await;
+    let socket = d.socket_path().to_path_buf();
+    let query = tokio::spawn(async move {
+        credswap::api::client::request(
+            &socket,
+            "POST",
+            "/v1/targets/app/query",
+            Some(json!({"sql": "SELECT pg_sleep(1.5), 'finished' AS outcome"}).to_string()),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap()
+    });
+    let admin = db.admin().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1.5)%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+    // (Checked before the temporary directory goes away with the handle.)
+    let (code, socket_left) = tokio::task::spawn_blocking(move || {
+        let code = d.terminate();
+        (code, d.socket_path().exists())
+    })
+    .await
+    .unwrap();
+    let reply = query.await.unwrap();
+    assert_eq!(reply.status, 200);
+    let v: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(v["rows"][0][1], "finished");
+    assert_eq!(code, Some(0));
+    assert!(!socket_left, "the socket file is removed");
+}
