@@ -76,13 +76,16 @@ pub async fn request(
 }
 
 /// Streams a server-sent event response, calling `on_event(name, data)` for each event until
-/// it returns false or the stream ends.
+/// it returns false or the stream ends. `subscribed` fires once the server has answered, that
+/// is once it is subscribed: events from then on are not missed.
 pub async fn events(
     socket: &Path,
     path: &str,
+    subscribed: tokio::sync::oneshot::Sender<()>,
     mut on_event: impl FnMut(&str, &str) -> bool,
 ) -> Result<(), ClientError> {
     let resp = send(socket, "GET", path, None).await?;
+    let _ = subscribed.send(());
     let mut body = resp.into_body();
     let mut buffer = String::new();
     while let Some(frame) = body.frame().await {

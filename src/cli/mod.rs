@@ -310,11 +310,12 @@ async fn rotate(
     wait: bool,
 ) -> Result<ExitCode, client::ClientError> {
     // Show the steps as they happen: follow the event stream while the rotation runs.
+    let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
     let watcher = wait.then(|| {
         let socket = socket.to_path_buf();
         let target = target.to_string();
         tokio::spawn(async move {
-            let _ = client::events(&socket, "/v1/events", |name, data| {
+            let _ = client::events(&socket, "/v1/events", subscribed, |name, data| {
                 let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
                 if v["target"] != target.as_str() {
                     return true;
@@ -348,6 +349,10 @@ async fn rotate(
             .await;
         })
     });
+    if wait {
+        // Subscribe before asking, so the first steps are not missed.
+        let _ = tokio::time::timeout(Duration::from_secs(2), is_subscribed).await;
+    }
     let body = json!({"force": force, "wait": wait}).to_string();
     let reply = client::request(
         socket,
