@@ -178,14 +178,29 @@ async fn run_aws(alternating: bool) {
     );
 
     // Every old generation drains; then none of its sessions is left on the server.
-    let mut drained = 0;
-    while drained < ROTATIONS {
-        wait_event(&mut events, Duration::from_secs(10), |e| {
+    let mut drains = Vec::new();
+    while drains.len() < ROTATIONS {
+        let e = wait_event(&mut events, Duration::from_secs(10), |e| {
             matches!(e.kind, EventKind::DrainFinished { .. })
         })
         .await;
-        drained += 1;
+        if let EventKind::DrainFinished {
+            duration,
+            cancelled,
+            ..
+        } = e.kind
+        {
+            assert_eq!(cancelled, 0, "short statements finish before the deadline");
+            drains.push(duration.as_secs_f64() * 1000.0);
+        }
     }
+    drains.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "drain: n={} p50={:.2}ms max={:.2}ms",
+        drains.len(),
+        drains[drains.len() / 2],
+        drains[drains.len() - 1]
+    );
     let stale = stale_sessions(&db, "app", current.id).await;
     assert!(
         stale.is_empty(),
