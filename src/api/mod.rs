@@ -16,6 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
@@ -33,14 +34,37 @@ pub struct TargetSettings {
     pub statement_timeout: Duration,
 }
 
+/// A reload asked for through the API, answered by the service loop.
+pub type ReloadRequest =
+    tokio::sync::oneshot::Sender<Result<crate::rotation::ReloadReport, String>>;
+
 /// Shared by every request.
 pub struct ApiState {
     pub engine: Arc<Engine>,
     pub api: Api,
-    pub targets: HashMap<String, TargetSettings>,
+    /// Per-target settings; replaced on reload.
+    pub targets: ArcSwap<HashMap<String, TargetSettings>>,
     pub metrics: Arc<Metrics>,
     pub limiter: ratelimit::RateLimiter,
     pub started: Instant,
+    /// Where `POST /v1/reload` sends its request (none: reload is not offered).
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+}
+
+fn settings(config: &Config) -> HashMap<String, TargetSettings> {
+    config
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                TargetSettings {
+                    access: t.access.clone(),
+                    statement_timeout: t.pool.statement_timeout,
+                },
+            )
+        })
+        .collect()
 }
 
 impl ApiState {
@@ -48,26 +72,20 @@ impl ApiState {
         ApiState {
             engine,
             api: config.api.clone(),
-            targets: config
-                .targets
-                .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        TargetSettings {
-                            access: t.access.clone(),
-                            statement_timeout: t.pool.statement_timeout,
-                        },
-                    )
-                })
-                .collect(),
+            targets: ArcSwap::from_pointee(settings(config)),
             metrics,
             limiter: ratelimit::RateLimiter::new(
                 config.api.rate_limit_per_second,
                 config.api.rate_limit_burst,
             ),
             started: Instant::now(),
+            reload: None,
         }
+    }
+
+    /// Takes the per-target settings of a reloaded configuration.
+    pub fn update(&self, config: &Config) {
+        self.targets.store(Arc::new(settings(config)));
     }
 }
 
@@ -83,6 +101,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/targets/{target}/batch", post(routes::batch))
         .route("/v1/targets/{target}/rotate", post(routes::rotate))
         .route("/v1/events", get(routes::events))
+        .route("/v1/reload", post(routes::reload))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -73,13 +73,17 @@ impl ApiState {
         let target = self
             .engine
             .target(name)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no target named \"{name}\"")))?;
         if self.is_admin(peer) {
             return Ok(target);
         }
-        let settings = &self.targets[name];
-        if settings.access.allows(peer).is_some() {
+        let access = self
+            .targets
+            .load()
+            .get(name)
+            .map(|s| s.access.clone())
+            .unwrap_or_default();
+        if access.allows(peer).is_some() {
             return Ok(target);
         }
         tracing::warn!(
@@ -92,8 +96,8 @@ impl ApiState {
         Err(ApiError::forbidden(format!(
             "uid {} may not use target \"{name}\": not in its allow_uids {:?} or allow_gids {:?} (nor its groups), nor in api.admin_uids",
             peer.uid,
-            settings.access.uids,
-            settings.access.gids,
+            access.uids,
+            access.gids,
         )))
     }
 
@@ -114,7 +118,11 @@ impl ApiState {
     }
 
     fn limits(&self, target: &str, timeout_ms: Option<u64>, max_rows: Option<usize>) -> Limits {
-        let ceiling = self.targets[target].statement_timeout;
+        let ceiling = self
+            .targets
+            .load()
+            .get(target)
+            .map_or(Duration::ZERO, |s| s.statement_timeout);
         let asked = timeout_ms.map(Duration::from_millis);
         let timeout = match (asked, ceiling.is_zero()) {
             (Some(a), false) => Some(a.min(ceiling)),
@@ -174,7 +182,12 @@ pub async fn targets(
 
 impl ApiState {
     fn authorize_quiet(&self, peer: &Peer, name: &str) -> bool {
-        self.is_admin(peer) || self.targets[name].access.allows(peer).is_some()
+        self.is_admin(peer)
+            || self
+                .targets
+                .load()
+                .get(name)
+                .is_some_and(|s| s.access.allows(peer).is_some())
     }
 }
 
@@ -311,6 +324,29 @@ pub async fn rotate(
             Json(json!({"accepted": true, "target": name})),
         )
             .into_response()),
+    }
+}
+
+pub async fn reload(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let peer = state.peer(&info)?;
+    state.require_admin(&peer, "reload")?;
+    let Some(tx) = &state.reload else {
+        return Err(ApiError::unavailable("reload is not available"));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.send(reply)
+        .await
+        .map_err(|_| ApiError::unavailable("the daemon is shutting down"))?;
+    match answer.await {
+        Ok(Ok(r)) => Ok(Json(json!({
+            "added": r.added, "removed": r.removed, "changed": r.changed, "unchanged": r.unchanged,
+            "kept_old": r.kept_old.iter().map(|(n, why)| json!({"target": n, "reason": why})).collect::<Vec<_>>(),
+        }))),
+        Ok(Err(e)) => Err(ApiError::bad_request(e)),
+        Err(_) => Err(ApiError::unavailable("the daemon is shutting down")),
     }
 }
 

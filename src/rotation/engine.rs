@@ -2,27 +2,71 @@
 //! shutdown. Shutdown follows mini-redis: a watch flips, every rotator drains its generations
 //! and returns, and the engine awaits them all.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::rotator::Rotator;
 use super::status::{Event, TargetState};
 use super::target::TargetRuntime;
 use super::Outcome;
-use crate::config::{Config, Source};
+use crate::config::{Config, Source, Target};
 
 /// How many events a slow subscriber may fall behind before it misses some.
 const EVENT_BACKLOG: usize = 1024;
 
 /// All targets, running.
 pub struct Engine {
-    targets: Vec<Arc<TargetRuntime>>,
+    targets: RwLock<Vec<Running>>,
     events: broadcast::Sender<Event>,
-    shutdown: watch::Sender<bool>,
-    rotators: tokio::sync::Mutex<JoinSet<()>>,
+    /// Rotators that were told to stop, still draining; awaited at shutdown.
+    retired: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+/// One target with its configuration and its rotator.
+struct Running {
+    runtime: Arc<TargetRuntime>,
+    config: Target,
+    stop: watch::Sender<bool>,
+    rotator: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(t: &Target, events: &broadcast::Sender<Event>) -> Running {
+        let (runtime, commands) = TargetRuntime::new(
+            t.name.clone(),
+            describe(&t.source),
+            events.clone(),
+            t.pool.max_size,
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let rotator = Rotator::new(runtime.clone(), t.clone(), commands, stop_rx);
+        Running {
+            runtime,
+            config: t.clone(),
+            stop,
+            rotator: Some(tokio::spawn(rotator.run())),
+        }
+    }
+
+    /// Tells the rotator to stop (it drains its generations) and hands back its task.
+    fn retire(mut self) -> Option<JoinHandle<()>> {
+        self.stop.send_replace(true);
+        self.rotator.take()
+    }
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Changed targets whose new settings did not produce a live pool: the old one serves on.
+    pub kept_old: Vec<(String, String)>,
 }
 
 /// Which targets made it by the start-up deadline, and why the others did not.
@@ -45,48 +89,154 @@ fn describe(source: &Source) -> String {
     }
 }
 
+/// Whether two target configurations are the same. Passwords never differ here (only the
+/// development source has one, and `Debug` redacts it), so Debug output is a faithful key.
+fn same_config(a: &Target, b: &Target) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
 impl Engine {
     /// Starts a rotator per target; each begins with its start-up rotation.
     pub fn start(config: &Config) -> Engine {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        let (shutdown, _) = watch::channel(false);
-        let mut rotators = JoinSet::new();
-        let mut targets = Vec::new();
-        for t in &config.targets {
-            let (runtime, commands) = TargetRuntime::new(
-                t.name.clone(),
-                describe(&t.source),
-                events.clone(),
-                t.pool.max_size,
-            );
-            let rotator = Rotator::new(runtime.clone(), t.clone(), commands, shutdown.subscribe());
-            rotators.spawn(rotator.run());
-            targets.push(runtime);
-        }
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| Running::start(t, &events))
+            .collect();
         Engine {
-            targets,
+            targets: RwLock::new(targets),
             events,
-            shutdown,
-            rotators: tokio::sync::Mutex::new(rotators),
+            retired: tokio::sync::Mutex::new(JoinSet::new()),
         }
     }
 
-    pub fn targets(&self) -> &[Arc<TargetRuntime>] {
-        &self.targets
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Running>> {
+        self.targets.read().expect("never poisoned")
     }
 
-    pub fn target(&self, name: &str) -> Option<&Arc<TargetRuntime>> {
-        self.targets.iter().find(|t| t.name() == name)
+    /// The targets now.
+    pub fn targets(&self) -> Vec<Arc<TargetRuntime>> {
+        self.read().iter().map(|r| r.runtime.clone()).collect()
+    }
+
+    /// A target by name.
+    pub fn target(&self, name: &str) -> Option<Arc<TargetRuntime>> {
+        self.read()
+            .iter()
+            .find(|r| r.runtime.name() == name)
+            .map(|r| r.runtime.clone())
+    }
+
+    /// Applies a new configuration: added targets start, removed ones drain and stop, changed
+    /// ones are rebuilt beside the old (which serves until the new one has a live pool, and
+    /// keeps serving if it never gets one within `ready_within`), unchanged ones are untouched.
+    pub async fn reload(&self, config: &Config, ready_within: Duration) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let old: Vec<(String, Target)> = self
+            .read()
+            .iter()
+            .map(|r| (r.runtime.name().to_string(), r.config.clone()))
+            .collect();
+        let mut starting = Vec::new();
+        for t in &config.targets {
+            match old.iter().find(|(n, _)| *n == t.name) {
+                None => {
+                    report.added.push(t.name.clone());
+                    starting.push(Running::start(t, &self.events));
+                }
+                Some((_, was)) if same_config(was, t) => report.unchanged.push(t.name.clone()),
+                Some(_) => {
+                    report.changed.push(t.name.clone());
+                    starting.push(Running::start(t, &self.events));
+                }
+            }
+        }
+        report.removed = old
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !config.targets.iter().any(|t| &t.name == n))
+            .collect();
+        // Give the changed targets' new pools their chance before they replace the old.
+        let deadline = tokio::time::Instant::now() + ready_within;
+        let mut replacements = Vec::new();
+        for r in starting {
+            let name = r.runtime.name().to_string();
+            if report.changed.contains(&name) {
+                let mut rx = r.runtime.state_watch();
+                let runtime = r.runtime.clone();
+                let _ =
+                    tokio::time::timeout_at(deadline, rx.wait_for(|_| runtime.current().is_some()))
+                        .await;
+                if r.runtime.current().is_none() {
+                    let why = r
+                        .runtime
+                        .status()
+                        .reason
+                        .unwrap_or_else(|| "no live pool in time".into());
+                    tracing::warn!(target_name = %name, "reload: the new settings gave no live pool ({why}); the old pool keeps serving");
+                    report.kept_old.push((name, why));
+                    if let Some(task) = r.retire() {
+                        self.retired.lock().await.spawn(async move {
+                            let _ = task.await;
+                        });
+                    }
+                    continue;
+                }
+            }
+            replacements.push(r);
+        }
+        let mut out = Vec::new();
+        {
+            let mut targets = self.targets.write().expect("never poisoned");
+            let kept: Vec<String> = report.kept_old.iter().map(|(n, _)| n.clone()).collect();
+            let mut i = 0;
+            while i < targets.len() {
+                let name = targets[i].runtime.name().to_string();
+                let replaced = replacements.iter().any(|r| r.runtime.name() == name);
+                if report.removed.contains(&name) || (replaced && !kept.contains(&name)) {
+                    out.push(targets.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            targets.extend(replacements);
+            targets.sort_by_key(|r| {
+                config
+                    .targets
+                    .iter()
+                    .position(|t| t.name == r.runtime.name())
+                    .unwrap_or(usize::MAX)
+            });
+        }
+        let mut retired = self.retired.lock().await;
+        for r in out {
+            if let Some(task) = r.retire() {
+                retired.spawn(async move {
+                    let _ = task.await;
+                });
+            }
+        }
+        tracing::info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, unchanged = report.unchanged.len(), "configuration reloaded");
+        report
+    }
+
+    /// The source kind of a target (`aws`, `vault`, `file`, `development`), for metrics.
+    pub fn source_kind(&self, name: &str) -> &'static str {
+        self.read()
+            .iter()
+            .find(|r| r.runtime.name() == name)
+            .map_or("unknown", |r| r.config.source.kind())
     }
 
     /// Whether every rotator task is running (for the systemd watchdog).
     pub fn rotators_alive(&self) -> bool {
-        self.targets.iter().all(|t| t.rotator_alive())
+        self.read().iter().all(|r| r.runtime.rotator_alive())
     }
 
     /// One line for `systemctl status`: `app_rw: gen 7 ready; app_ro: degraded (...)`.
     pub fn status_line(&self) -> String {
-        self.targets
+        self.targets()
             .iter()
             .map(|t| {
                 let s = t.status();
@@ -115,13 +265,14 @@ impl Engine {
     /// Waits until every target has a live generation, or `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> StartupReport {
         let deadline = tokio::time::Instant::now() + timeout;
-        for t in &self.targets {
+        let targets = self.targets();
+        for t in &targets {
             let mut rx = t.state_watch();
             // One deadline for all: waiting on them in turn costs no more than in parallel.
             let _ = tokio::time::timeout_at(deadline, rx.wait_for(|_| t.current().is_some())).await;
         }
         let mut report = StartupReport::default();
-        for t in &self.targets {
+        for t in &targets {
             if t.current().is_some() {
                 report.ready.push(t.name().to_string());
             } else {
@@ -144,8 +295,14 @@ impl Engine {
     /// Stops every rotator; each drains its live and old generations (revoking leases where
     /// configured) before this returns.
     pub async fn shutdown(&self) {
-        self.shutdown.send_replace(true);
-        let mut rotators = self.rotators.lock().await;
-        while rotators.join_next().await.is_some() {}
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut targets = self.targets.write().expect("never poisoned");
+            targets.drain(..).filter_map(Running::retire).collect()
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut retired = self.retired.lock().await;
+        while retired.join_next().await.is_some() {}
     }
 }

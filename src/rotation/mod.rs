@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use engine::{Engine, StartupReport};
+pub use engine::{Engine, ReloadReport, StartupReport};
 pub use generation::Generation;
 pub use status::{Event, EventKind, TargetState, TargetStatus};
 pub use target::{Checkout, CheckoutError, TargetRuntime};

@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::api::{self, socket, ApiState};
 use crate::config::{Config, StartupPolicy};
 use crate::metrics::Metrics;
-use crate::rotation::{Engine, Trigger};
+use crate::rotation::Engine;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +46,14 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     let recorder = tokio::spawn(record(
         engine.subscribe(),
         metrics.clone(),
-        kinds(&config),
         engine.clone(),
         notifier.clone(),
     ));
-    let state = Arc::new(ApiState::new(&config, engine.clone(), metrics));
-    let webhooks = match &config.webhook {
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<api::ReloadRequest>(4);
+    let mut api_state = ApiState::new(&config, engine.clone(), metrics);
+    api_state.reload = Some(reload_tx);
+    let state = Arc::new(api_state);
+    let mut webhooks = match &config.webhook {
         Some(w) => match crate::webhook::start(w, engine.clone(), config.targets.clone()).await {
             Ok(l) => {
                 tracing::info!(listen = %w.listen, "webhook listener started");
@@ -66,7 +68,7 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         None => None,
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let mut server = tokio::spawn(api::serve(listener, state, async move {
+    let mut server = tokio::spawn(api::serve(listener, state.clone(), async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     tracing::info!(socket = %config.api.socket.display(), targets = config.targets.len(), "credswap started");
@@ -116,10 +118,12 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
             _ = sigterm.recv() => break None,
             _ = sigint.recv() => break None,
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: fetching every target's credentials again");
-                for t in engine.targets() {
-                    let _ = t.rotate(Trigger::Signal, false, false).await;
-                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload(&config, &engine, &state, &mut webhooks, &notifier).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                tracing::info!("reload asked for through the API");
+                let _ = reply.send(reload(&config, &engine, &state, &mut webhooks, &notifier).await);
             }
             r = &mut server => break Some(r),
         }
@@ -165,19 +169,55 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     Ok(())
 }
 
-fn kinds(config: &Config) -> Vec<(String, &'static str)> {
-    config
-        .targets
-        .iter()
-        .map(|t| (t.name.clone(), t.source.kind()))
-        .collect()
+/// Re-reads the configuration from where it first came from and applies it. An invalid one is
+/// refused and the running one stays. `[api]` and `[daemon]` changes need a restart.
+async fn reload(
+    running: &Config,
+    engine: &Arc<Engine>,
+    state: &Arc<ApiState>,
+    webhooks: &mut Option<crate::webhook::Listener>,
+    notifier: &notify::Notifier,
+) -> Result<crate::rotation::ReloadReport, String> {
+    notifier.send(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        notify::monotonic_usec()
+    ));
+    let result = match Config::load(running.file.as_deref(), &crate::config::ProcessEnv) {
+        Err(errors) => {
+            let text = errors.to_string();
+            tracing::error!("configuration refused, the running one stays:\n{text}");
+            Err(text)
+        }
+        Ok(new) => {
+            if new.api.socket != running.api.socket {
+                tracing::warn!("api.socket changed; that takes a restart");
+            }
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            let report = engine.reload(&new, new.daemon.startup_timeout).await;
+            state.update(&new);
+            if let Some(old) = webhooks.take() {
+                old.stop().await;
+            }
+            if let Some(w) = &new.webhook {
+                // Keys and certificates are read again here.
+                match crate::webhook::start(w, engine.clone(), new.targets.clone()).await {
+                    Ok(l) => *webhooks = Some(l),
+                    Err(e) => tracing::error!("the webhook listener could not restart: {e}"),
+                }
+            }
+            Ok(report)
+        }
+    };
+    notifier.send(&format!("READY=1\nSTATUS={}", engine.status_line()));
+    result
 }
 
 /// Feeds rotation events into the metrics and the `STATUS=` line.
 async fn record(
     mut events: tokio::sync::broadcast::Receiver<crate::rotation::Event>,
     metrics: Arc<Metrics>,
-    kinds: Vec<(String, &'static str)>,
     engine: Arc<Engine>,
     notifier: Arc<notify::Notifier>,
 ) {
@@ -185,11 +225,7 @@ async fn record(
     loop {
         match events.recv().await {
             Ok(e) => {
-                let kind = kinds
-                    .iter()
-                    .find(|(n, _)| *n == e.target)
-                    .map_or("unknown", |(_, k)| k);
-                metrics.observe(&e, kind);
+                metrics.observe(&e, engine.source_kind(&e.target));
                 if notifier.enabled()
                     && matches!(
                         e.kind,

@@ -51,3 +51,9 @@ impl Notifier {
         (usec > 0).then(|| Duration::from_micros(usec / 2))
     }
 }
+
+/// The monotonic clock in microseconds, for `MONOTONIC_USEC=` with `RELOADING=1`.
+pub fn monotonic_usec() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}

@@ -1,0 +1,143 @@
+//! Reloading the configuration: SIGHUP and `POST /v1/reload`.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::daemon::Daemon;
+use support::pg::{pki, Cluster};
+
+fn target(db: &Cluster, name: &str, secret: &str, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\ndrain_timeout = \"2s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{secret}\" }}\n",
+        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display()))
+    )
+}
+
+fn write_config(d: &Daemon, body: &str) {
+    let text = format!("[api]\nsocket = \"{}\"\n{body}", d.socket_path().display());
+    std::fs::write(&d.config, text).unwrap();
+}
+
+fn hup(d: &Daemon) {
+    let pid = rustix::process::Pid::from_raw(d.pid()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+}
+
+async fn targets(d: &Daemon) -> Vec<Value> {
+    d.get("/v1/targets").await.1["targets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn names(d: &Daemon) -> Vec<String> {
+    targets(d)
+        .await
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_api_reload() {
+    let db = Cluster::start_tls();
+    db.create_role("app", "pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("app.json");
+    std::fs::write(
+        &secret,
+        json!({"username": "app", "password": "pw"}).to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = secret.display().to_string();
+    let v1 = target(&db, "a", &s, "")
+        + &target(&db, "b", &s, "")
+        + &target(&db, "c", &s, "pool = { max_size = 5 }");
+    let d = Daemon::start(&v1, "").await;
+    d.wait_ready().await;
+    let before = targets(&d).await;
+    let a_built = before[0]["generation"]["built_at"].clone();
+    let c_built = before[2]["generation"]["built_at"].clone();
+
+    // a unchanged, b removed, c changed, d added.
+    let v2 = target(&db, "a", &s, "")
+        + &target(&db, "c", &s, "pool = { max_size = 7 }")
+        + &target(&db, "d", &s, "");
+    write_config(&d, &v2);
+    hup(&d);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while names(&d).await != ["a", "c", "d"] {
+        assert!(
+            Instant::now() < deadline,
+            "reload did not apply: {:?}\n{}",
+            names(&d).await,
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = targets(&d).await;
+    assert_eq!(
+        after[0]["generation"]["built_at"], a_built,
+        "a is untouched"
+    );
+    assert_eq!(after[1]["pool"]["max_size"], 7);
+    assert_ne!(after[1]["generation"]["built_at"], c_built, "c was rebuilt");
+    assert!(after[2]["generation"]["id"].is_u64(), "d started");
+    let (code, v, _) = d.query("c", json!({"sql": "SELECT 1 AS one"})).await;
+    assert_eq!((code, &v["rows"]), (200, &json!([[1]])));
+    // b drained and stopped: none of its sessions remain.
+    let admin = db.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'credswap/b/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b's sessions remain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An invalid file is refused; everything keeps running.
+    write_config(&d, "[[target]]\nname = \"BROKEN\"\n");
+    hup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .log()
+        .contains("configuration refused, the running one stays")
+    {
+        assert!(Instant::now() < deadline, "no refusal logged:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(names(&d).await, ["a", "c", "d"]);
+    let (code, v, _) = d.call("POST", "/v1/reload", None).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("target[0]: missing field `url`"),
+        "{v}"
+    );
+
+    // Through the API, with the report.
+    write_config(&d, &(v2 + &target(&db, "e", &s, "")));
+    let (code, v, _) = d.call("POST", "/v1/reload", None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["added"], json!(["e"]));
+    assert_eq!(v["unchanged"], json!(["a", "c", "d"]));
+    assert_eq!(names(&d).await, ["a", "c", "d", "e"]);
+}
