@@ -58,6 +58,27 @@ async fn query_ok(engine: &Engine, name: &str) {
         .expect("the query runs");
 }
 
+/// A TLS cluster with the role `app`, its credentials file, and a ready engine with one file
+/// target `app` (adjusted by `tweak`).
+async fn file_engine(
+    tweak: impl FnOnce(&mut credswap::config::Target),
+) -> (Cluster, tempfile::TempDir, std::path::PathBuf, Engine) {
+    let db = Cluster::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.json");
+    db.create_role("app", "pw-1").await;
+    write_secret(&path, "app", "pw-1");
+    let mut t = target(&db, "app", file_source(&path));
+    tweak(&mut t);
+    let engine = Engine::start(&Config::for_targets(vec![t]));
+    assert!(engine
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .not_ready
+        .is_empty());
+    (db, dir, path, engine)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_user_rotation_mid_step_recovers_through_awspending() {
     let db = Cluster::start_tls();
@@ -223,21 +244,7 @@ async fn dead_store_opens_the_breaker_and_heals() {
 
 #[tokio::test]
 async fn wrong_new_credentials_do_not_swap() {
-    let db = Cluster::start_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.json");
-    db.create_role("app", "pw-1").await;
-    write_secret(&path, "app", "pw-1");
-    let engine = Engine::start(&Config::for_targets(vec![target(
-        &db,
-        "app",
-        file_source(&path),
-    )]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let (_db, _dir, path, engine) = file_engine(|_| {}).await;
     let target = engine.target("app").unwrap().clone();
     let live = target.current().unwrap().id;
 
@@ -269,21 +276,7 @@ async fn wrong_new_credentials_do_not_swap() {
 
 #[tokio::test]
 async fn postgres_restart_fails_fast_and_recovers() {
-    let db = Cluster::start_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.json");
-    db.create_role("app", "pw-1").await;
-    write_secret(&path, "app", "pw-1");
-    let engine = Engine::start(&Config::for_targets(vec![target(
-        &db,
-        "app",
-        file_source(&path),
-    )]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let (db, _dir, _path, engine) = file_engine(|_| {}).await;
     query_ok(&engine, "app").await;
     let target = engine.target("app").unwrap().clone();
 
@@ -342,19 +335,7 @@ async fn postgres_restart_fails_fast_and_recovers() {
 
 #[tokio::test]
 async fn a_statement_longer_than_the_drain_timeout_is_cancelled() {
-    let db = Cluster::start_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.json");
-    db.create_role("app", "pw-1").await;
-    write_secret(&path, "app", "pw-1");
-    let mut t = target(&db, "app", file_source(&path));
-    t.drain_timeout = Duration::from_secs(1);
-    let engine = Engine::start(&Config::for_targets(vec![t]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let (db, _dir, _path, engine) = file_engine(|t| t.drain_timeout = Duration::from_secs(1)).await;
     let target = engine.target("app").unwrap().clone();
     let mut events = engine.subscribe();
 
@@ -418,19 +399,8 @@ async fn a_statement_longer_than_the_drain_timeout_is_cancelled() {
 
 #[tokio::test]
 async fn a_storm_of_triggers_causes_at_most_two_rotations() {
-    let db = Cluster::start_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.json");
-    db.create_role("app", "pw-1").await;
-    write_secret(&path, "app", "pw-1");
-    let mut t = target(&db, "app", file_source(&path));
-    t.min_rotation_interval = Duration::from_secs(1);
-    let engine = Engine::start(&Config::for_targets(vec![t]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let (_db, _dir, _path, engine) =
+        file_engine(|t| t.min_rotation_interval = Duration::from_secs(1)).await;
     let target = engine.target("app").unwrap().clone();
     let mut events = engine.subscribe();
 
