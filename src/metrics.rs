@@ -85,8 +85,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("credswap");
-        let m = Metrics {
+        let mut m = Metrics {
             rotations: Family::default(),
             steps: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
             fetches: Family::default(),
@@ -102,84 +101,84 @@ impl Metrics {
             draining: Family::default(),
             ready: Family::default(),
             leaks: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("credswap"),
         };
-        registry.register(
+        m.registry.register(
             "rotations",
             "Rotations by target, trigger and result",
             m.rotations.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rotation_step_seconds",
             "Duration of each rotation step",
             m.steps.clone(),
         );
-        registry.register(
+        m.registry.register(
             "secret_fetches",
             "Secret fetches by target, source kind and result",
             m.fetches.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queries",
             "API queries by target and result",
             m.queries.clone(),
         );
-        registry.register(
+        m.registry.register(
             "query_duration_seconds",
             "API query duration, checkout included",
             m.query_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "checkout_wait_seconds",
             "Time waited for a pool connection",
             m.checkout_wait.clone(),
         );
-        registry.register(
+        m.registry.register(
             "checkout_timeouts",
             "Checkouts that gave up waiting",
             m.checkout_timeouts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "generation",
             "Id of the live generation",
             m.generation.clone(),
         );
-        registry.register(
+        m.registry.register(
             "pool_connections",
             "Server connections of the live generation by state",
             m.connections.clone(),
         );
-        registry.register(
+        m.registry.register(
             "pool_max_connections",
             "Pool size limit",
             m.max_connections.clone(),
         );
-        registry.register(
+        m.registry.register(
             "breaker_state",
             "Circuit breaker state (1 for the current one)",
             m.breaker.clone(),
         );
-        registry.register(
+        m.registry.register(
             "lease_expiry_timestamp_seconds",
             "When the live generation's lease expires",
             m.lease_expiry.clone(),
         );
-        registry.register(
+        m.registry.register(
             "draining_connections",
             "Connections of generations being drained",
             m.draining.clone(),
         );
-        registry.register(
+        m.registry.register(
             "target_ready",
             "1 when the target has a live generation and its last rotation worked",
             m.ready.clone(),
         );
-        registry.register(
+        m.registry.register(
             "connection_leaks",
             "Connections held longer than leak_threshold (live generation)",
             m.leaks.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// Records what an event says (rotations, steps, fetches).
