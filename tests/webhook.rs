@@ -458,12 +458,13 @@ fn random_json(rng: &mut impl rand::Rng, depth: u32) -> Value {
         0 => Value::Null,
         1 => json!(rng.random::<bool>()),
         2 => json!(rng.random::<i64>()),
+        // Never a configured target's name: random input must never be a valid request.
         3 => json!(
             [
                 "target",
                 "secret_id",
                 "vault_path",
-                "app",
+                "nope",
                 "\u{0}",
                 "detail-type"
             ][rng.random_range(0..6)]
