@@ -114,6 +114,25 @@ impl VaultSource {
         }
     }
 
+    /// Credentials from a KV secret's data (KV v1 and v2 differ only in where the version
+    /// comes from).
+    fn kv_credentials(
+        &self,
+        data: &serde_json::Value,
+        version: String,
+        what: &str,
+    ) -> Result<Credentials, SecretError> {
+        let p = payload::from_json(data, &self.keys(), what)?;
+        Ok(Credentials {
+            username: p.username,
+            password: p.password,
+            version,
+            lease: None,
+            overrides: p.overrides,
+            next_rotation: None,
+        })
+    }
+
     async fn fetch_current(&self) -> Result<Credentials, SecretError> {
         let what = self.describe();
         let mount = self.cfg.mount().to_string();
@@ -135,15 +154,7 @@ impl VaultSource {
                         }
                     })
                     .await?;
-                let p = payload::from_json(&resp.data, &self.keys(), &what)?;
-                Ok(Credentials {
-                    username: p.username,
-                    password: p.password,
-                    version: format!("kv2:{}", resp.metadata.version),
-                    lease: None,
-                    overrides: p.overrides,
-                    next_rotation: None,
-                })
+                self.kv_credentials(&resp.data, format!("kv2:{}", resp.metadata.version), &what)
             }
             VaultEngine::Kv1 => {
                 let resp = self
@@ -156,15 +167,8 @@ impl VaultSource {
                         }
                     })
                     .await?;
-                let p = payload::from_json(&resp.data, &self.keys(), &what)?;
-                Ok(Credentials {
-                    username: p.username,
-                    password: p.password,
-                    version: content_version(resp.data.to_string().as_bytes()),
-                    lease: None,
-                    overrides: p.overrides,
-                    next_rotation: None,
-                })
+                let version = content_version(resp.data.to_string().as_bytes());
+                self.kv_credentials(&resp.data, version, &what)
             }
             VaultEngine::Database => {
                 let resp: LeasedCreds = self
