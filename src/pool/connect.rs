@@ -11,7 +11,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::error::ConnectError;
+use super::error::{CancelError, ConnectError};
 use crate::dsn::{ConnInfo, Host, Server, SessionAttrs};
 use crate::tls::SslMode;
 
@@ -72,14 +72,18 @@ impl ConnectPlan {
     }
 
     /// Sends a cancel request for the statement running on the token's connection, over the
-    /// same TLS settings the connection used.
-    pub async fn cancel(
-        &self,
-        token: &tokio_postgres::CancelToken,
-    ) -> Result<(), tokio_postgres::Error> {
-        match &self.tls {
-            Some(tls) => token.cancel_query(tls.clone()).await,
-            None => token.cancel_query(NoTls).await,
+    /// same TLS settings the connection used. A cancel request is a new connection, so it
+    /// gets the connect timeout: a server that does not answer must not hold up the caller.
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) -> Result<(), CancelError> {
+        let send = async {
+            match &self.tls {
+                Some(tls) => token.cancel_query(tls.clone()).await,
+                None => token.cancel_query(NoTls).await,
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, send).await {
+            Ok(result) => result.map_err(CancelError::Postgres),
+            Err(_) => Err(CancelError::Timeout(self.connect_timeout)),
         }
     }
 

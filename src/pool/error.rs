@@ -191,3 +191,12 @@ impl PoolError {
         }
     }
 }
+
+/// Why a cancel request was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("the cancel request got no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the cancel request failed: {0}")]
+    Postgres(tokio_postgres::Error),
+}

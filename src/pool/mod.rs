@@ -19,7 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{CancelToken, Client};
 
 pub use connect::ConnectPlan;
-pub use error::{ConnectError, PoolError};
+pub use error::{CancelError, ConnectError, PoolError};
 pub use manager::{DrainState, Manager, PoolHealth, ServerConn};
 
 use crate::config::PoolSettings;
@@ -114,7 +114,7 @@ pub struct PoolConnection {
 
 impl PoolConnection {
     /// Cancels the statement running on this connection (PostgreSQL cancel request).
-    pub async fn cancel(&self) -> Result<(), tokio_postgres::Error> {
+    pub async fn cancel(&self) -> Result<(), CancelError> {
         self.plan.cancel(&self.conn.cancel_token()).await
     }
 }
@@ -286,22 +286,25 @@ impl VerifiedPool {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Opens connections until the pool holds `n` (at most its maximum), in parallel, so a new
-    /// generation can take over a busy one's load without a burst of connects. Returns how
-    /// many are open; failures are left to the pool's own error sink.
+    /// Makes the pool hold at least `n` connections (at most its maximum) by checking out `n`
+    /// at once, so a new generation can take over a busy one's load without a burst of
+    /// connects after the swap. Going through bb8 rather than beside it means connections its
+    /// own `min_idle` replenishment is already opening count, and none is opened twice. Each
+    /// wait is bounded by the pool's checkout timeout; returns how many are open.
     pub async fn warm(&self, n: u32) -> u32 {
-        let have = self.pool.state().connections;
-        let want = n.min(self.pool.config().max_size);
+        let want = n.min(self.pool.config().max_size) as usize;
+        let mut held = Vec::with_capacity(want);
         let mut opening = tokio::task::JoinSet::new();
-        for _ in have..want {
-            let plan = self.plan.clone();
-            opening.spawn(async move { plan.connect().await });
+        for _ in 0..want {
+            let pool = self.pool.clone();
+            opening.spawn(async move { pool.get_owned().await });
         }
         while let Some(done) = opening.join_next().await {
-            if let Ok(Ok(client)) = done {
-                let _ = self.pool.add(ServerConn::new(client));
+            if let Ok(Ok(conn)) = done {
+                held.push(conn);
             }
         }
+        drop(held);
         self.pool.state().connections
     }
 

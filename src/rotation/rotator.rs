@@ -412,9 +412,14 @@ impl Rotator {
                 generation: current.map(|g| g.id),
             };
         }
-        // Take over the live generation's load without a burst of connects after the swap.
-        let busy = current.as_ref().map_or(0, |g| g.pool.state().connections);
-        let want = busy.max(self.cfg.pool.min_idle);
+        // Take over the live generation's load without a burst of connects after the swap:
+        // as many connections as it has in use or asked for right now. Its idle ones are not
+        // demand; min_idle is topped up by the pool itself after the swap.
+        let demand = current.as_ref().map_or(0, |g| {
+            let in_use = g.pool.checked_out() as u64 + g.pool.waiting();
+            u32::try_from(in_use).unwrap_or(u32::MAX)
+        });
+        let want = demand.min(self.cfg.pool.max_size);
         if want > 1 {
             self.target.emit(EventKind::Step {
                 rotation,
