@@ -184,7 +184,7 @@ async fn approle_login_renewal_and_relogin() {
     src.fetch(Stage::Current).await.unwrap();
 
     // Revoke the token behind its back: the next fetch logs in again and succeeds.
-    let token = src.session().client().settings.token.clone();
+    let token = src.session().client().token().expose_secret().to_string();
     bao.call("POST", "auth/token/revoke", Some(json!({ "token": token })))
         .await;
     let c = src.fetch(Stage::Current).await.unwrap();

@@ -2,19 +2,21 @@
 //! roles, over token or AppRole auth (see [`session`]).
 
 pub mod config;
+pub mod http;
 pub mod session;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use reqwest::Method;
 use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
-use vaultrs::api::kv2::requests::ReadSecretRequest;
-use vaultrs::error::ClientError;
 
 pub use config::{VaultAuth, VaultEngine, VaultSourceConfig};
 pub use session::{Session, SessionStats};
+
+use http::{DataAnswer, VaultClient};
 
 use super::dev::content_version;
 use super::payload::{self, KeyNames};
@@ -42,7 +44,7 @@ impl Drop for VaultSource {
     }
 }
 
-/// A database engine answer, with the lease that vaultrs would strip.
+/// A database engine answer with its lease.
 #[derive(Deserialize)]
 struct LeasedCreds {
     lease_id: String,
@@ -54,7 +56,7 @@ struct LeasedCreds {
 #[derive(Deserialize)]
 struct LeasedData {
     username: String,
-    password: String,
+    password: SecretString,
 }
 
 impl VaultSource {
@@ -101,7 +103,7 @@ impl VaultSource {
     /// Runs a request; on 403 with a token that no longer works, logs in again and retries once.
     async fn with_relogin<T, F, Fut>(&self, call: F) -> Result<T, SecretError>
     where
-        F: Fn(Arc<vaultrs::client::VaultClient>) -> Fut,
+        F: Fn(Arc<VaultClient>) -> Fut,
         Fut: std::future::Future<Output = Result<T, SecretError>>,
     {
         match call(self.session.client()).await {
@@ -137,50 +139,31 @@ impl VaultSource {
         let what = self.describe();
         let mount = self.cfg.mount().to_string();
         let name = self.name().to_string();
-        let map = |e: ClientError| session::map_error(e, &what);
+        let path = match self.cfg.engine {
+            VaultEngine::Kv2 => format!("{mount}/data/{name}"),
+            VaultEngine::Kv1 => format!("{mount}/{name}"),
+            VaultEngine::Database => format!("{mount}/creds/{name}"),
+            VaultEngine::DatabaseStatic => format!("{mount}/static-creds/{name}"),
+        };
         match self.cfg.engine {
             VaultEngine::Kv2 => {
-                let resp = self
-                    .with_relogin(|client| {
-                        let req = ReadSecretRequest::builder()
-                            .mount(mount.clone())
-                            .path(name.clone())
-                            .build()
-                            .expect("mount and path are set");
-                        async move {
-                            vaultrs::api::exec_with_result(&*client, req)
-                                .await
-                                .map_err(map)
-                        }
-                    })
-                    .await?;
-                self.kv_credentials(&resp.data, format!("kv2:{}", resp.metadata.version), &what)
+                let resp: DataAnswer<Kv2Data> = self.get(&path, &what).await?;
+                self.kv_credentials(
+                    &resp.data.data,
+                    format!("kv2:{}", resp.data.metadata.version),
+                    &what,
+                )
             }
             VaultEngine::Kv1 => {
-                let resp = self
-                    .with_relogin(|client| {
-                        let (mount, name) = (mount.clone(), name.clone());
-                        async move {
-                            vaultrs::kv1::get_raw(&*client, &mount, &name)
-                                .await
-                                .map_err(map)
-                        }
-                    })
-                    .await?;
+                let resp: DataAnswer<serde_json::Value> = self.get(&path, &what).await?;
                 let version = content_version(resp.data.to_string().as_bytes());
                 self.kv_credentials(&resp.data, version, &what)
             }
             VaultEngine::Database => {
-                let resp: LeasedCreds = self
-                    .with_relogin(|client| {
-                        let path = format!("{mount}/creds/{name}");
-                        let what = what.clone();
-                        async move { raw_get(&client, &path, &what).await }
-                    })
-                    .await?;
+                let resp: LeasedCreds = self.get(&path, &what).await?;
                 Ok(Credentials {
                     username: resp.data.username,
-                    password: SecretString::from(resp.data.password),
+                    password: resp.data.password,
                     version: resp.lease_id.clone(),
                     lease: Some(Lease {
                         id: resp.lease_id,
@@ -193,82 +176,49 @@ impl VaultSource {
                 })
             }
             VaultEngine::DatabaseStatic => {
-                let resp = self
-                    .with_relogin(|client| {
-                        let (mount, name) = (mount.clone(), name.clone());
-                        async move {
-                            vaultrs::database::static_role::creds(&*client, &mount, &name)
-                                .await
-                                .map_err(map)
-                        }
-                    })
-                    .await?;
+                let resp: DataAnswer<StaticCreds> = self.get(&path, &what).await?;
                 Ok(Credentials {
-                    username: resp.username,
-                    password: SecretString::from(resp.password),
-                    version: format!("static:{}", resp.last_vault_rotation),
+                    username: resp.data.username,
+                    password: resp.data.password,
+                    version: format!("static:{}", resp.data.last_vault_rotation),
                     lease: None,
                     overrides: Default::default(),
-                    next_rotation: Some(SystemTime::now() + Duration::from_secs(resp.ttl)),
+                    next_rotation: Some(SystemTime::now() + Duration::from_secs(resp.data.ttl)),
                 })
             }
         }
     }
+
+    /// A GET with the session's token, logging in again once if the token is gone.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, SecretError> {
+        self.with_relogin(|client| async move { client.call(Method::GET, path, None, what).await })
+            .await
+    }
 }
 
-/// A GET that keeps the response's lease fields (vaultrs strips them).
-async fn raw_get<T: serde::de::DeserializeOwned>(
-    client: &vaultrs::client::VaultClient,
-    path: &str,
-    what: &str,
-) -> Result<T, SecretError> {
-    let resp = request(client, reqwest::Method::GET, path, None, what).await?;
-    resp.json::<T>().await.map_err(|_| SecretError::Malformed {
-        what: what.to_string(),
-        detail: "the store's answer does not have the expected shape".into(),
-    })
+/// `data` of a KV v2 read.
+#[derive(Deserialize)]
+struct Kv2Data {
+    data: serde_json::Value,
+    metadata: Kv2Metadata,
 }
 
-async fn request(
-    client: &vaultrs::client::VaultClient,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-    what: &str,
-) -> Result<reqwest::Response, SecretError> {
-    let base = client.settings.address.as_str().trim_end_matches('/');
-    let mut req = client
-        .http
-        .http
-        .request(method, format!("{base}/v1/{path}"))
-        .header("X-Vault-Token", &client.settings.token);
-    if let Some(ns) = &client.settings.namespace {
-        req = req.header("X-Vault-Namespace", ns);
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.map_err(|e| SecretError::Unavailable {
-        what: what.to_string(),
-        detail: e.without_url().to_string(),
-    })?;
-    let status = resp.status().as_u16();
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    #[derive(Deserialize, Default)]
-    struct Errors {
-        #[serde(default)]
-        errors: Vec<String>,
-    }
-    let errors = resp.json::<Errors>().await.unwrap_or_default().errors;
-    Err(session::map_error(
-        ClientError::APIError {
-            code: status,
-            errors,
-        },
-        what,
-    ))
+#[derive(Deserialize)]
+struct Kv2Metadata {
+    version: u64,
+}
+
+/// `data` of a static role's credentials.
+#[derive(Deserialize)]
+struct StaticCreds {
+    username: String,
+    password: SecretString,
+    last_vault_rotation: String,
+    ttl: u64,
 }
 
 impl SecretSource for VaultSource {
@@ -304,15 +254,10 @@ impl SecretSource for VaultSource {
                 let body = serde_json::json!({ "lease_id": lease.id });
                 let what = what.clone();
                 async move {
-                    request(
-                        &client,
-                        reqwest::Method::PUT,
-                        "sys/leases/revoke",
-                        Some(body),
-                        &what,
-                    )
-                    .await
-                    .map(|_| ())
+                    client
+                        .request(Method::PUT, "sys/leases/revoke", Some(body), &what)
+                        .await
+                        .map(|_| ())
                 }
             })
             .await

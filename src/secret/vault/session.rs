@@ -6,23 +6,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
-use vaultrs::error::ClientError;
 
 use super::config::VaultAuth;
+pub use super::http::Endpoint;
+use super::http::{AuthAnswer, DataAnswer, TokenInfo, VaultClient};
 use crate::secret::SecretError;
-
-/// Where the store is and how to talk to it.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub address: String,
-    pub ca_file: Option<PathBuf>,
-    pub namespace: Option<String>,
-    pub timeout: Duration,
-}
 
 /// Counters a test or status can watch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,54 +46,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // VaultClient's own Debug prints the token: never show it.
         f.debug_struct("Session")
             .field("address", &self.endpoint.address)
             .field("stats", &*self.stats.borrow())
             .finish_non_exhaustive()
-    }
-}
-
-fn what(endpoint: &Endpoint) -> String {
-    format!("vault {}", endpoint.address)
-}
-
-/// Maps a vaultrs error; never includes response bodies that could hold data.
-pub fn map_error(e: ClientError, what: &str) -> SecretError {
-    let what = what.to_string();
-    match e {
-        ClientError::APIError { code, errors } => {
-            let detail = if errors.is_empty() {
-                format!("HTTP {code}")
-            } else {
-                format!("HTTP {code}: {}", errors.join("; "))
-            };
-            match code {
-                403 => SecretError::AccessDenied { what, detail },
-                404 => SecretError::NotFound { what },
-                429 => SecretError::Throttled { what, detail },
-                400 if detail.contains("unknown") || detail.contains("not found") => {
-                    SecretError::NotFound { what }
-                }
-                400 => SecretError::Unsupported { what, detail },
-                _ => SecretError::Unavailable { what, detail },
-            }
-        }
-        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => {
-            SecretError::NotFound { what }
-        }
-        ClientError::JsonParseError { .. } => SecretError::Malformed {
-            what,
-            detail: "the store's answer does not have the expected shape".into(),
-        },
-        ClientError::RestClientError { source } => SecretError::Unavailable {
-            what,
-            detail: source.to_string(),
-        },
-        other => SecretError::Unavailable {
-            what,
-            detail: other.to_string(),
-        },
     }
 }
 
@@ -124,7 +73,7 @@ async fn read_secret_file(path: &PathBuf, what: &str) -> Result<SecretString, Se
 impl Session {
     /// Logs in and starts nothing yet; call [`Session::keep_alive`] for renewal.
     pub async fn start(endpoint: Endpoint, auth: VaultAuth) -> Result<Arc<Session>, SecretError> {
-        let client = Self::client_with(&endpoint, "")?;
+        let client = VaultClient::new(&endpoint, SecretString::from(""))?;
         let session = Arc::new(Session {
             endpoint,
             auth,
@@ -142,30 +91,6 @@ impl Session {
         Ok(session)
     }
 
-    fn client_with(endpoint: &Endpoint, token: &str) -> Result<VaultClient, SecretError> {
-        crate::tls::install_default_provider();
-        let mut b = VaultClientSettingsBuilder::default();
-        b.address(&endpoint.address)
-            .token(token)
-            .timeout(Some(endpoint.timeout))
-            .verify(true)
-            .ca_certs(
-                endpoint
-                    .ca_file
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            );
-        if let Some(ns) = &endpoint.namespace {
-            b.set_namespace(ns.clone());
-        }
-        let settings = b.build().map_err(|e| SecretError::Unsupported {
-            what: what(endpoint),
-            detail: e.to_string(),
-        })?;
-        VaultClient::new(settings).map_err(|e| map_error(e, &what(endpoint)))
-    }
-
     /// The current client (with the current token).
     pub fn client(&self) -> Arc<VaultClient> {
         self.client.load_full()
@@ -178,7 +103,7 @@ impl Session {
 
     /// What this session talks to, for errors.
     pub fn what(&self) -> String {
-        what(&self.endpoint)
+        self.endpoint.what()
     }
 
     /// Logs in (again): re-reads the token file, or does the AppRole login.
@@ -196,14 +121,15 @@ impl Session {
                         }
                     })?),
                 };
-                let client = Self::client_with(&self.endpoint, token.expose_secret())?;
-                let info = vaultrs::token::lookup_self(&client)
+                let client = VaultClient::new(&self.endpoint, token.clone())?;
+                let info: DataAnswer<TokenInfo> = client
+                    .call(Method::GET, "auth/token/lookup-self", None, &what)
                     .await
-                    .map_err(|e| auth_failure(map_error(e, &what)))?;
+                    .map_err(auth_failure)?;
                 (
                     token,
-                    Duration::from_secs(info.ttl),
-                    info.renewable.unwrap_or(false),
+                    Duration::from_secs(info.data.ttl),
+                    info.data.renewable,
                 )
             }
             VaultAuth::Approle {
@@ -214,26 +140,29 @@ impl Session {
             } => {
                 let role_id = read_secret_file(role_id_file, &what).await?;
                 let secret_id = self.secret_id(secret_id_file, *secret_id_wrapped).await?;
-                let anonymous = Self::client_with(&self.endpoint, "")?;
-                let info = vaultrs::auth::approle::login(
-                    &anonymous,
-                    mount,
-                    role_id.expose_secret(),
-                    secret_id.expose_secret(),
-                )
-                .await
-                .map_err(|e| auth_failure(map_error(e, &what)))?;
+                let anonymous = VaultClient::new(&self.endpoint, SecretString::from(""))?;
+                let body = json!({
+                    "role_id": role_id.expose_secret(),
+                    "secret_id": secret_id.expose_secret(),
+                });
+                let info: AuthAnswer = anonymous
+                    .call(
+                        Method::POST,
+                        &format!("auth/{mount}/login"),
+                        Some(body),
+                        &what,
+                    )
+                    .await
+                    .map_err(auth_failure)?;
                 (
-                    SecretString::from(info.client_token),
-                    Duration::from_secs(info.lease_duration),
-                    info.renewable,
+                    info.auth.client_token,
+                    Duration::from_secs(info.auth.lease_duration),
+                    info.auth.renewable,
                 )
             }
         };
-        self.client.store(Arc::new(Self::client_with(
-            &self.endpoint,
-            token.expose_secret(),
-        )?));
+        self.client
+            .store(Arc::new(VaultClient::new(&self.endpoint, token)?));
         *self.clock.lock().expect("never poisoned") = TokenClock {
             obtained: Instant::now(),
             ttl,
@@ -257,11 +186,13 @@ impl Session {
             return Ok(id);
         }
         let wrapping_token = read_secret_file(file, &self.what()).await?;
-        let client = Self::client_with(&self.endpoint, wrapping_token.expose_secret())?;
-        let data: serde_json::Value = vaultrs::sys::wrapping::unwrap(&client, None)
+        let client = VaultClient::new(&self.endpoint, wrapping_token)?;
+        let answer: DataAnswer<serde_json::Value> = client
+            .call(Method::POST, "sys/wrapping/unwrap", None, &self.what())
             .await
-            .map_err(|e| auth_failure(map_error(e, &self.what())))?;
-        let id = data
+            .map_err(auth_failure)?;
+        let id = answer
+            .data
             .get("secret_id")
             .and_then(|v| v.as_str())
             .ok_or_else(|| SecretError::StoreAuth {
@@ -275,20 +206,29 @@ impl Session {
 
     /// Whether the current token still works (after a 403, tells "denied" from "token gone").
     pub async fn token_valid(&self) -> bool {
-        vaultrs::token::lookup_self(&*self.client()).await.is_ok()
+        self.client()
+            .request(Method::GET, "auth/token/lookup-self", None, &self.what())
+            .await
+            .is_ok()
     }
 
     async fn renew(&self) -> Result<(), SecretError> {
-        let info = vaultrs::token::renew_self(&*self.client(), None)
-            .await
-            .map_err(|e| map_error(e, &self.what()))?;
+        let info: AuthAnswer = self
+            .client()
+            .call(
+                Method::POST,
+                "auth/token/renew-self",
+                Some(json!({})),
+                &self.what(),
+            )
+            .await?;
         *self.clock.lock().expect("never poisoned") = TokenClock {
             obtained: Instant::now(),
-            ttl: Duration::from_secs(info.lease_duration),
-            renewable: info.renewable,
+            ttl: Duration::from_secs(info.auth.lease_duration),
+            renewable: info.auth.renewable,
         };
         self.stats.send_modify(|s| s.renewals += 1);
-        tracing::debug!(store = %self.what(), ttl = info.lease_duration, "renewed the store token");
+        tracing::debug!(store = %self.what(), ttl = info.auth.lease_duration, "renewed the store token");
         Ok(())
     }
 
