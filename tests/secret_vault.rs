@@ -243,6 +243,48 @@ async fn wrong_credentials_for_the_store() {
     assert!(!err.to_string().contains("not-a-real-token"));
 }
 
+#[tokio::test]
+async fn a_namespace_is_sent_with_every_request() {
+    let bao = Bao::start();
+    bao.call("POST", "sys/namespaces/team", None).await;
+    bao.call(
+        "POST",
+        "team/sys/mounts/secret",
+        Some(json!({"type": "kv-v2"})),
+    )
+    .await;
+    bao.call(
+        "POST",
+        "team/secret/data/app/db",
+        Some(json!({"data": {"username": "team_app", "password": CANARY_PASSWORD}})),
+    )
+    .await;
+    // The same path outside the namespace holds another user: the header decides.
+    bao.kv2_put(
+        "app/db",
+        json!({"username": "root_ns_app", "password": "x"}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = VaultAuth::Token {
+        token_file: Some(secret_file(dir.path(), "token", BAO_ROOT_TOKEN)),
+    };
+    let mut c = cfg(&bao, auth, VaultEngine::Kv2, "app/db");
+    c.namespace = Some("team".into());
+    let src = VaultSource::new(&c).await.unwrap();
+    let creds = src.fetch(Stage::Current).await.unwrap();
+    assert_eq!(creds.username, "team_app");
+    assert_eq!(creds.password.expose_secret(), CANARY_PASSWORD);
+
+    // A namespace that does not exist fails (at login or at the read), never falls back.
+    c.namespace = Some("nowhere".into());
+    let err = match VaultSource::new(&c).await {
+        Ok(src) => src.fetch(Stage::Current).await.map(|_| ()).unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(!err.to_string().contains(CANARY_PASSWORD), "{err}");
+}
+
 /// Mounts the database engine against `db` (TLS, verify-full) with a dynamic role `dyn`
 /// (TTL `ttl`) and a static role `st` for the existing user `app_static`.
 async fn database_engine(bao: &Bao, db: &Cluster, ttl: &str) {
