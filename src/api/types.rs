@@ -422,6 +422,12 @@ pub fn to_text(value: &Value, ty: &Type, index: usize) -> Result<Option<String>,
             _ => return Err(want("a string")),
         },
     };
+    if text.contains('\0') {
+        // PostgreSQL would refuse it too, with a less helpful encoding error.
+        return Err(err(
+            "contains the NUL character (\\u0000), which PostgreSQL text cannot hold; send binary data as bytea (base64)".into(),
+        ));
+    }
     Ok(Some(text))
 }
 
@@ -480,6 +486,24 @@ impl ToSql for TextParam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_in_text_is_refused_with_a_clear_error() {
+        let v = serde_json::json!("a\u{0}b");
+        for ty in [Type::TEXT, Type::VARCHAR, Type::UUID, Type::NUMERIC] {
+            let e = to_text(&v, &ty, 1).unwrap_err().to_string();
+            assert!(e.contains("NUL"), "{ty}: {e}");
+        }
+        let e = to_text(&serde_json::json!(["x", "\u{0}"]), &Type::TEXT_ARRAY, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NUL"), "{e}");
+        // JSON escapes it instead: the text sent holds no NUL byte.
+        let j = to_text(&serde_json::json!({"k": "\u{0}"}), &Type::JSONB, 1)
+            .unwrap()
+            .unwrap();
+        assert!(!j.contains('\0'));
+    }
 
     #[test]
     fn dates_and_times() {
