@@ -319,16 +319,8 @@ async fn endpoints_types_limits_and_no_leaks() {
         assert_eq!(h.await.unwrap(), 200);
     }
     // Those connections were held past leak_threshold (200 ms): logged and counted.
-    let r = credswap::api::client::request(
-        d.socket_path(),
-        "GET",
-        "/metrics",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let leaks: f64 = String::from_utf8_lossy(&r.body)
+    let r = d.metrics().await;
+    let leaks: f64 = r
         .lines()
         .find_map(|l| l.strip_prefix("credswap_connection_leaks{target=\"app\"} "))
         .and_then(|v| v.trim().parse().ok())
@@ -350,16 +342,7 @@ async fn endpoints_types_limits_and_no_leaks() {
     );
     let (s, v, _) = call!("POST", "/v1/targets/app/rotate", Some(json!({})));
     assert_eq!((s, v["accepted"].as_bool()), (202, Some(true)));
-    let r = credswap::api::client::request(
-        d.socket_path(),
-        "GET",
-        "/metrics",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let metrics = String::from_utf8_lossy(&r.body).into_owned();
+    let metrics = d.metrics().await;
     for needle in [
         "credswap_rotations_total{target=\"app\",trigger=\"api\",result=\"swapped\"} 1",
         "credswap_generation{target=\"app\"} 2",

@@ -18,7 +18,17 @@ fn credswap(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
-    cmd.output().expect("the credswap binary runs")
+    let out = cmd.output().expect("the credswap binary runs");
+    support::capture::record(
+        "cli",
+        &args.join(" "),
+        &format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    out
 }
 
 fn text(o: &Output) -> (String, String) {

@@ -152,6 +152,7 @@ impl Setup {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
+        support::capture::record("webhook", &format!("POST {} -> {status}", self.url), &text);
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::Null),

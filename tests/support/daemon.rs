@@ -119,6 +119,8 @@ impl Daemon {
         .await
         .unwrap();
         let text = String::from_utf8_lossy(&r.body).into_owned();
+        let kind = if path == "/metrics" { "metrics" } else { "api" };
+        super::capture::record(kind, &format!("{method} {path} -> {}", r.status), &text);
         (
             r.status,
             serde_json::from_str(&text).unwrap_or(Value::Null),
@@ -144,6 +146,11 @@ impl Daemon {
         self.call("GET", path, None).await
     }
 
+    /// The `/metrics` text (recorded for the canary scan).
+    pub async fn metrics(&self) -> String {
+        self.call("GET", "/metrics", None).await.2
+    }
+
     /// `POST /v1/targets/{t}/query`.
     pub async fn query(&self, target: &str, body: Value) -> (u16, Value, String) {
         self.call("POST", &format!("/v1/targets/{target}/query"), Some(body))
@@ -158,11 +165,12 @@ impl Daemon {
             .args(args)
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
+        let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        );
+        super::capture::record("cli", &args.join(" "), &format!("{stdout}{stderr}"));
+        (out.status.code().unwrap_or(-1), stdout, stderr)
     }
 
     pub fn log(&self) -> String {
@@ -202,5 +210,6 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        super::capture::record("log", "daemon log", &self.log());
     }
 }
