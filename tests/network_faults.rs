@@ -47,6 +47,11 @@ async fn query(d: &Daemon, body: Value, deadline: Duration, tally: &mut Tally) {
     }
 }
 
+/// `SELECT 1` through the API, bounded by 5 s.
+async fn select_1(d: &Daemon, tally: &mut Tally) {
+    query(d, json!({"sql": "SELECT 1"}), Duration::from_secs(5), tally).await
+}
+
 fn secret_file(dir: &Path) -> String {
     let p = dir.join("app.json");
     std::fs::write(
@@ -125,13 +130,7 @@ async fn postgres_black_holed_requests_fail_in_time_and_the_pool_recovers() {
     .await;
     let pid = d.pid();
     let mut tally = Tally::default();
-    query(
-        &d,
-        json!({"sql": "SELECT 1"}),
-        Duration::from_secs(5),
-        &mut tally,
-    )
-    .await;
+    select_1(&d, &mut tally).await;
     assert_eq!(tally.ok, 1);
 
     proxy.set(Faults {
@@ -167,13 +166,7 @@ async fn postgres_black_holed_requests_fail_in_time_and_the_pool_recovers() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut t = Tally::default();
-        query(
-            &d,
-            json!({"sql": "SELECT 1"}),
-            Duration::from_secs(5),
-            &mut t,
-        )
-        .await;
+        select_1(&d, &mut t).await;
         assert!(t.late.is_empty(), "a request hung after healing");
         if t.ok == 1 {
             break;
@@ -182,13 +175,7 @@ async fn postgres_black_holed_requests_fail_in_time_and_the_pool_recovers() {
     }
     let mut tally = Tally::default();
     for _ in 0..20 {
-        query(
-            &d,
-            json!({"sql": "SELECT 1"}),
-            Duration::from_secs(5),
-            &mut tally,
-        )
-        .await;
+        select_1(&d, &mut tally).await;
     }
     assert_eq!(tally.ok, 20, "{tally:?}");
     assert_eq!(d.pid(), pid, "no restart");
@@ -247,13 +234,7 @@ async fn connections_reset_mid_query_give_a_clear_error_and_are_not_reused() {
 
     let mut tally = Tally::default();
     for _ in 0..10 {
-        query(
-            &d,
-            json!({"sql": "SELECT 1"}),
-            Duration::from_secs(5),
-            &mut tally,
-        )
-        .await;
+        select_1(&d, &mut tally).await;
     }
     assert_eq!(
         tally.ok, 10,
