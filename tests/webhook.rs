@@ -38,7 +38,16 @@ struct Setup {
     http: reqwest::Client,
 }
 
-async fn setup(tls: bool, rate: f64) -> Setup {
+/// How the test reaches the listener.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Tls,
+    Unix,
+}
+
+async fn setup(transport: Transport, rate: f64) -> Setup {
+    let tls = transport == Transport::Tls;
     credswap::tls::install_default_provider();
     let db = Cluster::start_tls();
     db.create_role("app", "pw").await;
@@ -130,9 +139,19 @@ async fn setup(tls: bool, rate: f64) -> Setup {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(pki().ca_cert()).unwrap()).unwrap();
         http = http.add_root_certificate(ca);
     }
+    if transport == Transport::Unix {
+        let path = dir.path().join("webhook.sock");
+        cfg.listen = String::new();
+        cfg.unix_socket = Some(path.clone());
+        http = http.unix_socket(path);
+    }
     let listener = webhook::start(&cfg, engine.clone(), targets).await.unwrap();
-    let port = listener.local_addr.unwrap().port();
-    let scheme = if tls { "https" } else { "http" };
+    let (scheme, port) = match transport {
+        Transport::Tls => ("https", listener.local_addr.unwrap().port()),
+        Transport::Tcp => ("http", listener.local_addr.unwrap().port()),
+        // The host and port are ignored: every request goes to the socket.
+        Transport::Unix => ("http", 80),
+    };
     Setup {
         _db: db,
         _dir: dir,
@@ -174,7 +193,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_and_refusals() {
-    let s = setup(false, 1000.0).await;
+    let s = setup(Transport::Tcp, 1000.0).await;
     let body = json!({"target": "app"});
     let (code, v, _) = s.signed(&body, KEY1).await;
     assert_eq!((code, &v["targets"]), (202, &json!(["app"])));
@@ -282,7 +301,7 @@ async fn authentication_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_and_vault_payloads_map_to_targets() {
-    let s = setup(false, 1000.0).await;
+    let s = setup(Transport::Tcp, 1000.0).await;
     let arn = "arn:aws:secretsmanager:us-west-2:123456789012:secret:prod/billing-a1b2c3";
     let cases = vec![
         (
@@ -370,7 +389,7 @@ async fn aws_and_vault_payloads_map_to_targets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_500_webhooks_in_a_second_causes_at_most_two_rotations() {
-    let s = setup(false, 10_000.0).await;
+    let s = setup(Transport::Tcp, 10_000.0).await;
     assert!(s
         .engine
         .wait_ready(Duration::from_secs(5))
@@ -425,7 +444,7 @@ async fn a_storm_of_500_webhooks_in_a_second_causes_at_most_two_rotations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_input_always_gets_a_4xx() {
     use rand::RngExt;
-    let s = setup(false, 100_000.0).await;
+    let s = setup(Transport::Tcp, 100_000.0).await;
     let mut rng = rand::rng();
     let key = SecretString::from(KEY1.to_string());
     for i in 0..400 {
@@ -502,7 +521,7 @@ fn random_json(rng: &mut impl rand::Rng, depth: u32) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_and_the_sign_command() {
-    let s = setup(true, 1000.0).await;
+    let s = setup(Transport::Tls, 1000.0).await;
     assert!(s.url.starts_with("https://"));
     assert_eq!(s.signed(&json!({"target": "app"}), KEY1).await.0, 202);
     // `credswap webhook sign` prints headers that the listener accepts.
@@ -528,5 +547,17 @@ async fn tls_listener_and_the_sign_command() {
         .unwrap()
         .to_string();
     assert_eq!(s.post(body, &[("x-credswap-signature", sig)]).await.0, 202);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_listener() {
+    let s = setup(Transport::Unix, 1000.0).await;
+    assert!(
+        s.listener.as_ref().unwrap().local_addr.is_none(),
+        "no TCP listener"
+    );
+    assert_eq!(s.signed(&json!({"target": "app"}), KEY1).await.0, 202);
+    assert_eq!(s.post(br#"{"target":"app"}"#, &[]).await.0, 401);
     s.stop().await;
 }

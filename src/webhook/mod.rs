@@ -173,6 +173,30 @@ where
     }
 }
 
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections (axum's listeners retry accept errors such as EMFILE with a pause)
+/// and serves each in its own task until `stop`; then the open ones are shut down.
+async fn accept_until_stopped<L, F, Fut>(mut listener: L, mut stop: watch::Receiver<bool>, serve: F)
+where
+    L: axum::serve::Listener,
+    F: Fn(L::Io, L::Addr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            (io, addr) = listener.accept() => {
+                conns.spawn(serve(io, addr));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+}
+
 /// Starts the listeners the configuration asks for.
 pub async fn start(
     cfg: &WebhookConfig,
@@ -209,33 +233,30 @@ pub async fn start(
                 })?;
         local_addr = listener.local_addr().ok();
         let tls = tls_acceptor(cfg)?;
-        let (app, mut stop_rx, conn_stop) = (app.clone(), stop.subscribe(), stop.subscribe());
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = stop_rx.wait_for(|s| *s) => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, peer)) = accepted else { continue };
-                        let (app, stop, tls) = (app.clone(), conn_stop.clone(), tls.clone());
-                        let client = ClientAddr::Tcp(peer.ip());
-                        conns.spawn(async move {
-                            match tls {
-                                Some(acceptor) => {
-                                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
-                                    if let Ok(Ok(tls_stream)) = handshake {
-                                        serve_conn(tls_stream, app, client, stop).await;
-                                    }
-                                }
-                                None => serve_conn(stream, app, client, stop).await,
+        let (app, conn_stop) = (app.clone(), stop.subscribe());
+        tasks.spawn(accept_until_stopped(
+            listener,
+            stop.subscribe(),
+            move |stream, peer| {
+                let (app, stop, tls) = (app.clone(), conn_stop.clone(), tls.clone());
+                let client = ClientAddr::Tcp(peer.ip());
+                async move {
+                    match tls {
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await;
+                            if let Ok(Ok(tls_stream)) = handshake {
+                                serve_conn(tls_stream, app, client, stop).await;
                             }
-                        });
+                        }
+                        None => serve_conn(stream, app, client, stop).await,
                     }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
-            }
-            conns.shutdown().await;
-        });
+            },
+        ));
     }
     let mut unix_guard = None;
     if let Some(path) = &cfg.unix_socket {
@@ -249,21 +270,12 @@ pub async fn start(
                 source: std::io::Error::other(e.to_string()),
             })?;
         unix_guard = Some(guard);
-        let (app, mut stop_rx, conn_stop) = (app.clone(), stop.subscribe(), stop.subscribe());
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = stop_rx.wait_for(|s| *s) => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        conns.spawn(serve_conn(stream, app.clone(), ClientAddr::Unix, conn_stop.clone()));
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-            conns.shutdown().await;
-        });
+        let (app, conn_stop) = (app.clone(), stop.subscribe());
+        tasks.spawn(accept_until_stopped(
+            listener,
+            stop.subscribe(),
+            move |stream, _| serve_conn(stream, app.clone(), ClientAddr::Unix, conn_stop.clone()),
+        ));
     }
     Ok(Listener {
         stop,
