@@ -28,7 +28,8 @@ impl Endpoint {
     }
 }
 
-/// An HTTP client holding one token (empty for the login calls).
+/// An HTTP client holding one token (empty for the login calls). Build one per store with
+/// [`VaultClient::new`], then derive the others with [`VaultClient::with_token`].
 pub struct VaultClient {
     http: reqwest::Client,
     base: String,
@@ -112,6 +113,17 @@ impl VaultClient {
             token,
             namespace: endpoint.namespace.clone(),
         })
+    }
+
+    /// The same endpoint with another token, sharing the HTTP client (its connections, and the
+    /// CA file read once).
+    pub fn with_token(&self, token: SecretString) -> VaultClient {
+        VaultClient {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token,
+            namespace: self.namespace.clone(),
+        }
     }
 
     /// The token this client sends (for tests that revoke it behind credswap's back).

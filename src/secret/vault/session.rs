@@ -36,6 +36,8 @@ struct TokenClock {
 pub struct Session {
     endpoint: Endpoint,
     auth: VaultAuth,
+    /// Without a token: for logins, and the one every other client is derived from.
+    anonymous: VaultClient,
     client: ArcSwap<VaultClient>,
     clock: Mutex<TokenClock>,
     /// A response-wrapped secret_id can be unwrapped once; the result is kept for re-logins.
@@ -73,11 +75,12 @@ async fn read_secret_file(path: &PathBuf, what: &str) -> Result<SecretString, Se
 impl Session {
     /// Logs in and starts nothing yet; call [`Session::keep_alive`] for renewal.
     pub async fn start(endpoint: Endpoint, auth: VaultAuth) -> Result<Arc<Session>, SecretError> {
-        let client = VaultClient::new(&endpoint, SecretString::from(""))?;
+        let anonymous = VaultClient::new(&endpoint, SecretString::from(""))?;
         let session = Arc::new(Session {
             endpoint,
             auth,
-            client: ArcSwap::from_pointee(client),
+            client: ArcSwap::from_pointee(anonymous.with_token(SecretString::from(""))),
+            anonymous,
             clock: Mutex::new(TokenClock {
                 obtained: Instant::now(),
                 ttl: Duration::ZERO,
@@ -110,7 +113,7 @@ impl Session {
     pub async fn login(&self) -> Result<(), SecretError> {
         let _one_at_a_time = self.login_lock.lock().await;
         let what = self.what();
-        let (token, ttl, renewable) = match &self.auth {
+        let (client, ttl, renewable) = match &self.auth {
             VaultAuth::Token { token_file } => {
                 let token = match token_file {
                     Some(path) => read_secret_file(path, &what).await?,
@@ -121,13 +124,13 @@ impl Session {
                         }
                     })?),
                 };
-                let client = VaultClient::new(&self.endpoint, token.clone())?;
+                let client = self.anonymous.with_token(token);
                 let info: DataAnswer<TokenInfo> = client
                     .call(Method::GET, "auth/token/lookup-self", None, &what)
                     .await
                     .map_err(auth_failure)?;
                 (
-                    token,
+                    client,
                     Duration::from_secs(info.data.ttl),
                     info.data.renewable,
                 )
@@ -140,12 +143,12 @@ impl Session {
             } => {
                 let role_id = read_secret_file(role_id_file, &what).await?;
                 let secret_id = self.secret_id(secret_id_file, *secret_id_wrapped).await?;
-                let anonymous = VaultClient::new(&self.endpoint, SecretString::from(""))?;
                 let body = json!({
                     "role_id": role_id.expose_secret(),
                     "secret_id": secret_id.expose_secret(),
                 });
-                let info: AuthAnswer = anonymous
+                let info: AuthAnswer = self
+                    .anonymous
                     .call(
                         Method::POST,
                         &format!("auth/{mount}/login"),
@@ -155,14 +158,13 @@ impl Session {
                     .await
                     .map_err(auth_failure)?;
                 (
-                    info.auth.client_token,
+                    self.anonymous.with_token(info.auth.client_token),
                     Duration::from_secs(info.auth.lease_duration),
                     info.auth.renewable,
                 )
             }
         };
-        self.client
-            .store(Arc::new(VaultClient::new(&self.endpoint, token)?));
+        self.client.store(Arc::new(client));
         *self.clock.lock().expect("never poisoned") = TokenClock {
             obtained: Instant::now(),
             ttl,
@@ -186,8 +188,9 @@ impl Session {
             return Ok(id);
         }
         let wrapping_token = read_secret_file(file, &self.what()).await?;
-        let client = VaultClient::new(&self.endpoint, wrapping_token)?;
-        let answer: DataAnswer<serde_json::Value> = client
+        let answer: DataAnswer<serde_json::Value> = self
+            .anonymous
+            .with_token(wrapping_token)
             .call(Method::POST, "sys/wrapping/unwrap", None, &self.what())
             .await
             .map_err(auth_failure)?;
