@@ -1,88 +1,16 @@
-//! Keep-alive HTTP/1.1 connections for the load generator: to the API's Unix socket, and to
-//! the webhook listener on loopback TCP.
+//! The load's HTTP/1.1 client: one kept-alive connection per client on the API's Unix socket.
+//! (Triggers and status go through the library's `api::client`.)
 
 use std::path::Path;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, UnixStream};
-use tokio::task::JoinHandle;
-
-/// One kept-alive connection; its driver task ends when the connection is dropped.
-pub struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    driver: JoinHandle<()>,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
+use tokio::net::UnixStream;
 
 /// A response: status and whole body.
 pub struct Reply {
     pub status: u16,
     pub body: Bytes,
-}
-
-async fn handshake<S>(io: S) -> anyhow::Result<Connection>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Connection { sender, driver })
-}
-
-impl Connection {
-    /// Connects to the API socket.
-    pub async fn unix(socket: &Path) -> anyhow::Result<Connection> {
-        let stream = UnixStream::connect(socket)
-            .await
-            .with_context(|| format!("connecting to {}", socket.display()))?;
-        handshake(stream).await
-    }
-
-    /// Connects to a TCP address (`127.0.0.1:PORT`).
-    pub async fn tcp(address: &str) -> anyhow::Result<Connection> {
-        let stream = TcpStream::connect(address)
-            .await
-            .with_context(|| format!("connecting to {address}"))?;
-        stream.set_nodelay(true)?;
-        handshake(stream).await
-    }
-
-    /// Sends one request and reads the whole response.
-    pub async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> anyhow::Result<Reply> {
-        self.sender.ready().await?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "credswap")
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(body))?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, body })
-    }
 }
 
 /// The `error.code` of an API error body, or `http_<status>` when there is none.

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use hyper::body::Bytes;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::http::Connection;
+use credswap::api::client;
 
 /// Where a new password is written before the trigger.
 #[derive(Clone, Debug)]
@@ -79,11 +78,18 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
+/// How long one request to the daemon may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn live_generation(socket: &Path, target: &str) -> anyhow::Result<u64> {
-    let mut conn = Connection::unix(socket).await?;
-    let reply = conn
-        .send("GET", &format!("/v1/targets/{target}"), &[], Bytes::new())
-        .await?;
+    let reply = client::request(
+        socket,
+        "GET",
+        &format!("/v1/targets/{target}"),
+        None,
+        REQUEST_TIMEOUT,
+    )
+    .await?;
     let v: Value = serde_json::from_slice(&reply.body)?;
     v["generation"]["id"]
         .as_u64()
@@ -180,6 +186,7 @@ impl Changer {
 /// Sends the i-th trigger: even ones through the API, odd ones as signed webhooks (if any).
 async fn trigger(
     plan: &RotatePlan,
+    webhook: &reqwest::Client,
     key: Option<&SecretString>,
     i: usize,
 ) -> anyhow::Result<&'static str> {
@@ -191,34 +198,30 @@ async fn trigger(
         .to_string();
         let signature =
             credswap::webhook::auth::sign(key, credswap::webhook::auth::now(), body.as_bytes());
-        let mut conn = Connection::tcp(address).await?;
-        let reply = conn
-            .send(
-                "POST",
-                "/v1/webhooks/rotate",
-                &[(credswap::webhook::auth::SIGNATURE_HEADER, &signature)],
-                Bytes::from(body),
-            )
+        let reply = webhook
+            .post(format!("http://{address}/v1/webhooks/rotate"))
+            .header(credswap::webhook::auth::SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
             .await?;
-        if reply.status != 202 {
+        if reply.status() != 202 {
             bail!(
                 "webhook answered {}: {}",
-                reply.status,
-                String::from_utf8_lossy(&reply.body)
+                reply.status(),
+                reply.text().await?
             );
         }
         Ok("webhook")
     } else {
-        let mut conn = Connection::unix(&plan.socket).await?;
         let body = json!({"force": plan.force, "wait": false}).to_string();
-        let reply = conn
-            .send(
-                "POST",
-                &format!("/v1/targets/{}/rotate", plan.target),
-                &[],
-                Bytes::from(body),
-            )
-            .await?;
+        let reply = client::request(
+            &plan.socket,
+            "POST",
+            &format!("/v1/targets/{}/rotate", plan.target),
+            Some(body),
+            REQUEST_TIMEOUT,
+        )
+        .await?;
         if reply.status != 202 {
             bail!(
                 "rotate answered {}: {}",
@@ -261,6 +264,11 @@ pub async fn run(plan: &RotatePlan) -> anyhow::Result<Value> {
         Some((_, file)) => Some(credswap::webhook::auth::read_secret_file(file)?),
         None => None,
     };
+    // Plain HTTP on loopback: no root store to load.
+    let webhook = reqwest::Client::builder()
+        .tls_certs_only(Vec::new())
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
     let (changer, admin_driver) = Changer::new(plan).await?;
     let (mut events, events_task) = subscribe(&plan.socket).await?;
     let mut previous = live_generation(&plan.socket, &plan.target).await?;
@@ -276,7 +284,7 @@ pub async fn run(plan: &RotatePlan) -> anyhow::Result<Value> {
         changer.change(i).await?;
         let t0 = Instant::now();
         next = t0 + plan.interval;
-        match trigger(plan, key.as_ref(), i).await {
+        match trigger(plan, &webhook, key.as_ref(), i).await {
             Ok(how) => *by_trigger.entry(how).or_default() += 1,
             Err(e) => {
                 failures.push(format!("rotation {i}: trigger: {e:#}"));
