@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,14 +11,9 @@ use support::pg::{pki, Cluster};
 use support::CANARY_PASSWORD;
 
 fn secret(dir: &Path, name: &str, user: &str, password: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(
-        &p,
-        json!({"username": user, "password": password}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p.display().to_string()
+    support::credentials_file(dir, name, user, password)
+        .display()
+        .to_string()
 }
 
 fn target_toml(db: &Cluster, name: &str, secret: &str, extra: &str) -> String {

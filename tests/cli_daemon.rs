@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,13 +13,7 @@ async fn start() -> (Cluster, tempfile::TempDir, Daemon) {
     let db = Cluster::start_tls();
     db.create_role("app", CANARY_PASSWORD).await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("app.json");
-    std::fs::write(
-        &secret,
-        json!({"username": "app", "password": CANARY_PASSWORD}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = support::credentials_file(dir.path(), "app.json", "app", CANARY_PASSWORD);
     let config = format!(
         "[[target]]\nname = \"app\"\nurl = \"{}\"\nmin_rotation_interval = \"0s\"\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
         db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,14 +46,9 @@ async fn select_1(d: &Daemon, tally: &mut Tally) {
 }
 
 fn secret_file(dir: &Path) -> String {
-    let p = dir.join("app.json");
-    std::fs::write(
-        &p,
-        json!({"username": "app", "password": CANARY_PASSWORD}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p.display().to_string()
+    support::credentials_file(dir, "app.json", "app", CANARY_PASSWORD)
+        .display()
+        .to_string()
 }
 
 /// A target whose PostgreSQL traffic goes through `port`.
@@ -378,9 +372,7 @@ async fn a_slow_or_black_holed_vault_store_fails_rotations_cleanly() {
     let port: u16 = bao.address().rsplit(':').next().unwrap().parse().unwrap();
     let proxy = FaultProxy::start(([127, 0, 0, 1], port).into()).await;
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, support::servers::BAO_ROOT_TOKEN).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = support::write_private(dir.path(), "token", support::servers::BAO_ROOT_TOKEN);
     let source = format!(
         "{{ kind = \"vault\", address = \"http://127.0.0.1:{}\", path = \"app/db\", timeout = \"1s\", auth = {{ method = \"token\", token_file = \"{}\" }} }}",
         proxy.port(),

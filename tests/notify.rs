@@ -3,11 +3,9 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use support::daemon::Daemon;
 use support::pg::{pki, Cluster};
 
@@ -25,13 +23,7 @@ async fn ready_status_watchdog_stopping() {
     let db = Cluster::start_tls();
     db.create_role("app", "pw").await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("app.json");
-    std::fs::write(
-        &secret,
-        json!({"username": "app", "password": "pw"}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = support::credentials_file(dir.path(), "app.json", "app", "pw");
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let config = format!(

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -46,13 +45,7 @@ async fn sighup_and_api_reload() {
     let db = Cluster::start_tls();
     db.create_role("app", "pw").await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("app.json");
-    std::fs::write(
-        &secret,
-        json!({"username": "app", "password": "pw"}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = support::credentials_file(dir.path(), "app.json", "app", "pw");
     let s = secret.display().to_string();
     let v1 = target(&db, "a", &s, "")
         + &target(&db, "b", &s, "")

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use credswap::config::PoolSettings;
@@ -17,13 +16,7 @@ use support::pg::{pki, Cluster};
 use support::servers::{Bao, BAO_ROOT_TOKEN};
 use support::CANARY_PASSWORD;
 
-fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
+use support::write_private as secret_file;
 
 fn cfg(bao: &Bao, auth: VaultAuth, engine: VaultEngine, name: &str) -> VaultSourceConfig {
     VaultSourceConfig {

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +20,7 @@ const KEY1: &str = "webhook-key-one-canary-9c1";
 const KEY2: &str = "webhook-key-two-canary-77e";
 const TOKEN: &str = "webhook-token-canary-4b0";
 
-fn write_private(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
+use support::write_private;
 
 struct Setup {
     _db: Cluster,

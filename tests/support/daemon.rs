@@ -72,18 +72,8 @@ impl Daemon {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("credswap run exited with {status}:\n{}", self.log());
             }
-            if let Ok(r) = client::request(
-                &self.socket,
-                "GET",
-                "/v1/health",
-                None,
-                Duration::from_secs(2),
-            )
-            .await
-            {
-                if r.status == 200 {
-                    return;
-                }
+            if self.get_health().await == Some(200) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -35,6 +35,27 @@ pub fn assert_no_canary(what: &str, text: &str) {
     }
 }
 
+/// Writes `content` to `dir/name`, readable by its owner only (credswap refuses secret files
+/// others can read).
+pub fn write_private(dir: &std::path::Path, name: &str, content: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// A JSON credentials file for the file source: `{"username": .., "password": ..}`.
+pub fn credentials_file(
+    dir: &std::path::Path,
+    name: &str,
+    user: &str,
+    password: &str,
+) -> std::path::PathBuf {
+    let body = serde_json::json!({"username": user, "password": password}).to_string();
+    write_private(dir, name, &body)
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
