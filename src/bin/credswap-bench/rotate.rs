@@ -110,20 +110,19 @@ struct Changer {
 }
 
 impl Changer {
-    async fn new(
-        plan: &RotatePlan,
-    ) -> anyhow::Result<(Changer, Option<tokio::task::JoinHandle<()>>)> {
-        let (admin, driver) = match (&plan.store, &plan.pg_admin) {
-            (Store::None, _) => (None, None),
+    async fn new(plan: &RotatePlan) -> anyhow::Result<Changer> {
+        let admin = match (&plan.store, &plan.pg_admin) {
+            (Store::None, _) => None,
             (_, None) => bail!("--pg-admin is needed to change the password in PostgreSQL"),
             (_, Some(conninfo)) => {
                 let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
                     .await
                     .context("connecting as the PostgreSQL admin")?;
-                let driver = tokio::spawn(async move {
+                // The connection task ends by itself once the client is dropped.
+                tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                (Some(client), Some(driver))
+                Some(client)
             }
         };
         let aws = match &plan.store {
@@ -134,15 +133,12 @@ impl Changer {
             )),
             _ => None,
         };
-        Ok((
-            Changer {
-                admin,
-                aws,
-                plan_store: plan.store.clone(),
-                roles: plan.roles.clone(),
-            },
-            driver,
-        ))
+        Ok(Changer {
+            admin,
+            aws,
+            plan_store: plan.store.clone(),
+            roles: plan.roles.clone(),
+        })
     }
 
     /// The i-th change: a new password for the i-th role (in turn), then the store.
@@ -269,7 +265,7 @@ pub async fn run(plan: &RotatePlan) -> anyhow::Result<Value> {
         .tls_certs_only(Vec::new())
         .timeout(REQUEST_TIMEOUT)
         .build()?;
-    let (changer, admin_driver) = Changer::new(plan).await?;
+    let changer = Changer::new(plan).await?;
     let (mut events, events_task) = subscribe(&plan.socket).await?;
     let mut previous = live_generation(&plan.socket, &plan.target).await?;
     let mut to_swapped = histogram();
@@ -369,9 +365,6 @@ pub async fn run(plan: &RotatePlan) -> anyhow::Result<Value> {
         }
     }
     events_task.abort();
-    if let Some(d) = admin_driver {
-        d.abort();
-    }
     Ok(json!({
         "requested": plan.rotations,
         "swapped": to_swapped.len(),
