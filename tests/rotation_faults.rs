@@ -70,12 +70,7 @@ async fn file_engine(
     write_secret(&path, "app", "pw-1");
     let mut t = target(&db, "app", file_source(&path));
     tweak(&mut t);
-    let engine = Engine::start(&Config::for_targets(vec![t]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let engine = support::engine::start_ready(vec![t]).await;
     (db, dir, path, engine)
 }
 
@@ -94,12 +89,7 @@ async fn single_user_rotation_mid_step_recovers_through_awspending() {
     let mut t = target(&db, "app", aws(&moto));
     t.pool.max_size = 4;
     t.pool.min_idle = 1;
-    let engine = Engine::start(&Config::for_targets(vec![t]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let engine = support::engine::start_ready(vec![t]).await;
     let target = engine.target("app").unwrap().clone();
     let first = target.current().unwrap();
     assert_eq!(first.pool.state().connections, 1);
@@ -156,12 +146,7 @@ async fn dead_store_opens_the_breaker_and_heals() {
     let mut t = target(&db, "app", aws(&moto));
     t.breaker.failures = 3;
     t.breaker.open_for = Duration::from_secs(3);
-    let engine = Engine::start(&Config::for_targets(vec![t]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let engine = support::engine::start_ready(vec![t]).await;
     let target = engine.target("app").unwrap().clone();
     let mut events = engine.subscribe();
 

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client as Sm;
-use credswap::config::{Config, Source};
-use credswap::rotation::{Engine, EventKind, Outcome, Step, Trigger};
+use credswap::config::Source;
+use credswap::rotation::{EventKind, Outcome, Step, Trigger};
 use credswap::secret::aws::AwsSourceConfig;
 use credswap::secret::vault::{VaultAuth, VaultEngine, VaultSourceConfig};
 use support::engine::{load, stale_sessions, swapped, target, wait_event};
@@ -123,9 +123,7 @@ async fn run_aws(alternating: bool) {
         .unwrap();
     let mut t = target(&db, "app", aws(&moto, "prod/app"));
     t.pool.max_size = 12;
-    let engine = Engine::start(&Config::for_targets(vec![t]));
-    let report = engine.wait_ready(Duration::from_secs(10)).await;
-    assert!(report.not_ready.is_empty(), "{report:?}");
+    let engine = support::engine::start_ready(vec![t]).await;
     let target = engine.target("app").unwrap().clone();
     let mut events = engine.subscribe();
 
@@ -284,12 +282,7 @@ async fn openbao_dynamic_credentials_across_three_lease_expiries() {
         revoke_on_drain: true,
         timeout: Duration::from_secs(5),
     });
-    let engine = Engine::start(&Config::for_targets(vec![target(&db, "dyn", source)]));
-    assert!(engine
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .not_ready
-        .is_empty());
+    let engine = support::engine::start_ready(vec![target(&db, "dyn", source)]).await;
     let target = engine.target("dyn").unwrap().clone();
     let first = target.current().unwrap();
     assert_eq!(first.lease.as_ref().unwrap().ttl, Duration::from_secs(15));

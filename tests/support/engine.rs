@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use credswap::config::{Source, Target};
+use credswap::config::{Config, Source, Target};
 use credswap::dsn::ConnInfo;
-use credswap::rotation::{Event, EventKind, Outcome, TargetRuntime};
+use credswap::rotation::{Engine, Event, EventKind, Outcome, TargetRuntime};
 use tokio::sync::{broadcast, watch};
 
 use super::pg::{pki, Cluster};
@@ -26,6 +26,18 @@ pub fn target(db: &Cluster, name: &str, source: Source) -> Target {
     t.retry.initial = Duration::from_millis(50);
     t.retry.max = Duration::from_millis(500);
     t
+}
+
+/// An engine for `targets`, every one of them ready (at most 10 s).
+pub async fn start_ready(targets: Vec<Target>) -> Engine {
+    let engine = Engine::start(&Config::for_targets(targets));
+    let report = engine.wait_ready(Duration::from_secs(10)).await;
+    assert!(
+        report.not_ready.is_empty(),
+        "not ready: {:?}",
+        report.not_ready
+    );
+    engine
 }
 
 /// What a load task saw.
