@@ -9,6 +9,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod routes;
 pub mod socket;
+pub mod stream;
 pub mod types;
 
 use std::collections::HashMap;
@@ -116,7 +117,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
+        stream::ApiListener(listener),
         router(state).into_make_service_with_connect_info::<peer::PeerInfo>(),
     )
     .with_graceful_shutdown(shutdown)

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::Context;
+use credswap::api::stream::ReadInterestStream;
 use hyper::body::Bytes;
-use tokio::net::UnixStream;
 
 /// A response: status and whole body.
 pub struct Reply {
@@ -26,13 +26,13 @@ pub fn error_code(reply: &Reply) -> String {
 /// hop per request, which on a 2-core machine takes CPU from the daemon being measured).
 /// It expects what the daemon sends: a `content-length` body, no chunking.
 pub struct LeanConnection {
-    stream: UnixStream,
+    stream: ReadInterestStream,
     buffer: Vec<u8>,
 }
 
 impl LeanConnection {
     pub async fn unix(socket: &Path) -> anyhow::Result<LeanConnection> {
-        let stream = UnixStream::connect(socket)
+        let stream = ReadInterestStream::connect(socket)
             .await
             .with_context(|| format!("connecting to {}", socket.display()))?;
         Ok(LeanConnection {
