@@ -522,3 +522,55 @@ async fn queries_keep_working_through_rotations_via_the_socket() {
     );
     assert!(ok > 200, "{ok}");
 }
+
+/// `socket_group` and `socket_mode` are on the socket file before it appears, and an answer
+/// larger than `max_response_bytes` is refused with a typed error, not truncated.
+#[tokio::test]
+async fn socket_group_and_response_size_limit() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let group = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == "nogroup").then(|| f[2].parse::<u32>().unwrap())
+        })
+        .expect("Debian has the group nogroup");
+    let d = Daemon::start(
+        &target_toml(&db, "app", &s, ""),
+        "socket_mode = \"0660\"\nsocket_group = \"nogroup\"\nmax_response_bytes = 2048",
+    )
+    .await;
+    d.wait_ready().await;
+    let meta = std::fs::metadata(d.socket_path()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert_eq!(meta.gid(), group, "the socket belongs to nogroup");
+
+    let (status, v, _) = d
+        .query(
+            "app",
+            json!({"sql": "SELECT repeat('x', 100) FROM generate_series(1, 15)"}),
+        )
+        .await;
+    assert_eq!(status, 200, "15 rows of ~100 bytes fit in 2048: {v}");
+    let (status, v, _) = d
+        .query(
+            "app",
+            json!({"sql": "SELECT repeat('x', 100) FROM generate_series(1, 30)"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("larger than 2048 bytes"), "{message}");
+    // The connection went back to the pool in a usable state.
+    let (status, _, _) = d.query("app", json!({"sql": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+}

@@ -196,3 +196,70 @@ async fn sigterm_lets_a_running_query_finish() {
     assert_eq!(code, Some(0));
     assert!(!socket_left, "the socket file is removed");
 }
+
+/// A second SIGTERM during a graceful shutdown exits at once with 130, even with a request still
+/// running, and takes the socket file with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let (db, _dir, mut d) = start().await;
+    let socket = d.socket_path().to_path_buf();
+    let query = tokio::spawn(async move {
+        credswap::api::client::request(
+            &socket,
+            "POST",
+            "/v1/targets/app/query",
+            Some(json!({"sql": "SELECT pg_sleep(60)"}).to_string()),
+            Duration::from_secs(90),
+        )
+        .await
+    });
+    let admin = db.admin().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+    let pid = rustix::process::Pid::from_raw(d.pid()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    // The first signal is being handled once the daemon says it is shutting down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("shutting down") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shutdown after SIGTERM:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let (code, socket_left) = tokio::task::spawn_blocking(move || {
+        let code = d.terminate();
+        (code, d.socket_path().exists())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(130), "the second signal's exit code");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exited at once, not after the running query or the 30 s shutdown timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(!socket_left, "the socket file is removed on the way out");
+    let reply = query.await.unwrap();
+    assert!(
+        reply.is_err(),
+        "the running request ends with the connection, not an answer"
+    );
+}

@@ -468,3 +468,28 @@ async fn the_store_over_tls_with_its_ca_file() {
     let src = VaultSource::new(&c).await.unwrap();
     assert_eq!(src.fetch(Stage::Current).await.unwrap().username, "app");
 }
+
+/// With `auth = { method = "token" }` and no token file, the daemon takes its token from
+/// `$VAULT_TOKEN` (how `bao`/`vault` CLIs and most deployments hand it over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_takes_its_token_from_vault_token() {
+    let bao = Bao::start();
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    bao.policy("read-app", READ_APP).await;
+    let token = bao.token("read-app", "1h", true).await;
+    bao.kv2_put(
+        "app/env",
+        json!({"username": "app", "password": CANARY_PASSWORD}),
+    )
+    .await;
+    let config = format!(
+        "[[target]]\nname = \"app\"\nurl = \"{}\"\nsource = {{ kind = \"vault\", address = \"{}\", path = \"app/env\", auth = {{ method = \"token\" }} }}\n",
+        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
+        bao.address(),
+    );
+    let d = support::daemon::Daemon::start_with_env(&config, "", &[("VAULT_TOKEN", &token)]).await;
+    d.wait_ready().await;
+    let (status, v, _) = d.query("app", json!({"sql": "SELECT current_user"})).await;
+    assert_eq!((status, &v["rows"][0][0]), (200, &json!("app")), "{v}");
+}

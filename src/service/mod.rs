@@ -145,13 +145,15 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     if let Some(w) = &watchdog {
         w.abort();
     }
-    // A second signal means "now".
+    // A second signal means "now" (the socket file still goes: a client must not find it).
+    let socket_path = config.api.socket.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = sigterm.recv() => {},
             _ = sigint.recv() => {},
         }
         tracing::warn!("second signal: exiting at once");
+        let _ = std::fs::remove_file(&socket_path);
         std::process::exit(130);
     });
     stop_tx.send_replace(true);
