@@ -273,21 +273,7 @@ async fn endpoints_types_limits_and_no_leaks() {
             })
         })
         .collect();
-    let admin = db.admin().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1.5)'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        < 4
-    {
-        assert!(Instant::now() < deadline, "the holders did not start");
-        tokio::task::yield_now().await;
-    }
+    db.wait_running("SELECT pg_sleep(1.5)", 4).await;
     let started = Instant::now();
     let r = credswap::api::client::request(
         d.socket_path(),

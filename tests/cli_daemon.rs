@@ -149,47 +149,44 @@ async fn a_second_daemon_refuses_and_a_stale_socket_is_replaced() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_a_running_query_finish() {
-    let (db, _dir, mut d) = start().await;
+/// Sends `sql` through the socket in a task of its own (it outlives the daemon's shutdown).
+fn spawn_query(
+    d: &Daemon,
+    sql: &str,
+) -> tokio::task::JoinHandle<Result<credswap::api::client::Reply, credswap::api::client::ClientError>>
+{
     let socket = d.socket_path().to_path_buf();
-    let query = tokio::spawn(async move {
+    let body = json!({ "sql": sql }).to_string();
+    tokio::spawn(async move {
         credswap::api::client::request(
             &socket,
             "POST",
             "/v1/targets/app/query",
-            Some(json!({"sql": "SELECT pg_sleep(1.5), 'finished' AS outcome"}).to_string()),
-            Duration::from_secs(20),
+            Some(body),
+            Duration::from_secs(90),
         )
         .await
-        .unwrap()
-    });
-    let admin = db.admin().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1.5)%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the query did not start"
-        );
-        tokio::task::yield_now().await;
-    }
-    // (Checked before the temporary directory goes away with the handle.)
-    let (code, socket_left) = tokio::task::spawn_blocking(move || {
+    })
+}
+
+/// SIGTERM (a second one if the first was sent): the exit code, and whether the socket file was
+/// left behind (checked before the temporary directory goes away with the handle).
+async fn terminate(mut d: Daemon) -> (Option<i32>, bool) {
+    tokio::task::spawn_blocking(move || {
         let code = d.terminate();
         (code, d.socket_path().exists())
     })
     .await
-    .unwrap();
-    let reply = query.await.unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_query_finish() {
+    let (db, _dir, d) = start().await;
+    let query = spawn_query(&d, "SELECT pg_sleep(1.5), 'finished' AS outcome");
+    db.wait_running("SELECT pg_sleep(1.5)", 1).await;
+    let (code, socket_left) = terminate(d).await;
+    let reply = query.await.unwrap().unwrap();
     assert_eq!(reply.status, 200);
     let v: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(v["rows"][0][1], "finished");
@@ -201,36 +198,9 @@ async fn sigterm_lets_a_running_query_finish() {
 /// running, and takes the socket file with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let (db, _dir, mut d) = start().await;
-    let socket = d.socket_path().to_path_buf();
-    let query = tokio::spawn(async move {
-        credswap::api::client::request(
-            &socket,
-            "POST",
-            "/v1/targets/app/query",
-            Some(json!({"sql": "SELECT pg_sleep(60)"}).to_string()),
-            Duration::from_secs(90),
-        )
-        .await
-    });
-    let admin = db.admin().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the query did not start"
-        );
-        tokio::task::yield_now().await;
-    }
+    let (db, _dir, d) = start().await;
+    let query = spawn_query(&d, "SELECT pg_sleep(60)");
+    db.wait_running("SELECT pg_sleep(60)", 1).await;
     let pid = rustix::process::Pid::from_raw(d.pid()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     // The first signal is being handled once the daemon says it is shutting down.
@@ -244,12 +214,7 @@ async fn a_second_signal_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = std::time::Instant::now();
-    let (code, socket_left) = tokio::task::spawn_blocking(move || {
-        let code = d.terminate();
-        (code, d.socket_path().exists())
-    })
-    .await
-    .unwrap();
+    let (code, socket_left) = terminate(d).await;
     assert_eq!(code, Some(130), "the second signal's exit code");
     assert!(
         started.elapsed() < Duration::from_secs(10),

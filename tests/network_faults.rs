@@ -206,23 +206,7 @@ async fn connections_reset_mid_query_give_a_clear_error_and_are_not_reused() {
         })
     };
     // Wait (bounded) until the statement runs on the server.
-    let admin = db.admin().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(5)%' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the statement never started");
-        tokio::task::yield_now().await;
-    }
+    db.wait_running("SELECT pg_sleep(5)", 1).await;
     let started = Instant::now();
     assert!(proxy.reset_all() >= 1);
     let t = running.await.unwrap();

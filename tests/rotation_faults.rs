@@ -331,21 +331,7 @@ async fn a_statement_longer_than_the_drain_timeout_is_cancelled() {
         (r.map(|_| ()), started.elapsed())
     });
     // Let the statement reach the server before the rotation.
-    let admin = db.admin().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline);
-        tokio::task::yield_now().await;
-    }
+    db.wait_running("SELECT pg_sleep(30)", 1).await;
     let report = target
         .rotate(Trigger::Api, true, true)
         .await

@@ -260,6 +260,31 @@ impl Cluster {
         client
     }
 
+    /// Waits (at most 5 s) until at least `n` sessions are running a statement that starts with
+    /// `prefix`: the point where a test knows its statements reached the server.
+    pub async fn wait_running(&self, prefix: &str, n: i64) {
+        let admin = self.admin().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let running: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND starts_with(query, $1)",
+                    &[&prefix],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if running >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{running} of {n} statements `{prefix}` running after 5 s"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Creates a login role; the password travels as a SCRAM verifier computed here.
     pub async fn create_role(&self, name: &str, password: &str) {
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
