@@ -137,17 +137,11 @@ impl VaultSource {
 
     async fn fetch_current(&self) -> Result<Credentials, SecretError> {
         let what = self.describe();
-        let mount = self.cfg.mount().to_string();
-        let name = self.name().to_string();
-        let path = match self.cfg.engine {
-            VaultEngine::Kv2 => format!("{mount}/data/{name}"),
-            VaultEngine::Kv1 => format!("{mount}/{name}"),
-            VaultEngine::Database => format!("{mount}/creds/{name}"),
-            VaultEngine::DatabaseStatic => format!("{mount}/static-creds/{name}"),
-        };
+        let (mount, name) = (self.cfg.mount(), self.name());
         match self.cfg.engine {
             VaultEngine::Kv2 => {
-                let resp: DataAnswer<Kv2Data> = self.get(&path, &what).await?;
+                let resp: DataAnswer<Kv2Data> =
+                    self.get(&format!("{mount}/data/{name}"), &what).await?;
                 self.kv_credentials(
                     &resp.data.data,
                     format!("kv2:{}", resp.data.metadata.version),
@@ -155,12 +149,13 @@ impl VaultSource {
                 )
             }
             VaultEngine::Kv1 => {
-                let resp: DataAnswer<serde_json::Value> = self.get(&path, &what).await?;
+                let resp: DataAnswer<serde_json::Value> =
+                    self.get(&format!("{mount}/{name}"), &what).await?;
                 let version = content_version(resp.data.to_string().as_bytes());
                 self.kv_credentials(&resp.data, version, &what)
             }
             VaultEngine::Database => {
-                let resp: LeasedCreds = self.get(&path, &what).await?;
+                let resp: LeasedCreds = self.get(&format!("{mount}/creds/{name}"), &what).await?;
                 Ok(Credentials {
                     username: resp.data.username,
                     password: resp.data.password,
@@ -176,7 +171,9 @@ impl VaultSource {
                 })
             }
             VaultEngine::DatabaseStatic => {
-                let resp: DataAnswer<StaticCreds> = self.get(&path, &what).await?;
+                let resp: DataAnswer<StaticCreds> = self
+                    .get(&format!("{mount}/static-creds/{name}"), &what)
+                    .await?;
                 Ok(Credentials {
                     username: resp.data.username,
                     password: resp.data.password,
