@@ -518,14 +518,8 @@ async fn socket_group_and_response_size_limit() {
     db.create_role("app", CANARY_PASSWORD).await;
     let dir = tempfile::tempdir().unwrap();
     let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
-    let group = std::fs::read_to_string("/etc/group")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f[0] == "nogroup").then(|| f[2].parse::<u32>().unwrap())
-        })
-        .expect("Debian has the group nogroup");
+    let group =
+        credswap::config::access::group_id("nogroup").expect("Debian has the group nogroup");
     let d = Daemon::start(
         &target_toml(&db, "app", &s, ""),
         "socket_mode = \"0660\"\nsocket_group = \"nogroup\"\nmax_response_bytes = 2048",
