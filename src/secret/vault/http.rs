@@ -80,8 +80,9 @@ fn malformed(what: &str) -> SecretError {
 }
 
 impl VaultClient {
-    /// A client for `endpoint` using `token`. The CA file is read now.
-    pub fn new(endpoint: &Endpoint, token: SecretString) -> Result<VaultClient, SecretError> {
+    /// A client for `endpoint` without a token (for logins; others derive from it with
+    /// [`VaultClient::with_token`]). The CA file is read now.
+    pub async fn new(endpoint: &Endpoint) -> Result<VaultClient, SecretError> {
         crate::tls::install_default_provider();
         let what = endpoint.what();
         let mut builder = reqwest::ClientBuilder::new()
@@ -91,10 +92,12 @@ impl VaultClient {
             // No TLS: do not load the platform's roots at all.
             builder = builder.tls_certs_only(Vec::new());
         } else if let Some(path) = &endpoint.ca_file {
-            let pem = std::fs::read(path).map_err(|e| SecretError::Unsupported {
-                what: what.clone(),
-                detail: format!("cannot read ca_file {}: {e}", path.display()),
-            })?;
+            let pem = tokio::fs::read(path)
+                .await
+                .map_err(|e| SecretError::Unsupported {
+                    what: what.clone(),
+                    detail: format!("cannot read ca_file {}: {e}", path.display()),
+                })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 SecretError::Unsupported {
                     what: what.clone(),
@@ -110,7 +113,7 @@ impl VaultClient {
         Ok(VaultClient {
             http,
             base: endpoint.address.trim_end_matches('/').to_string(),
-            token,
+            token: SecretString::from(""),
             namespace: endpoint.namespace.clone(),
         })
     }

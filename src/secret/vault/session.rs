@@ -75,7 +75,7 @@ async fn read_secret_file(path: &PathBuf, what: &str) -> Result<SecretString, Se
 impl Session {
     /// Logs in and starts nothing yet; call [`Session::keep_alive`] for renewal.
     pub async fn start(endpoint: Endpoint, auth: VaultAuth) -> Result<Arc<Session>, SecretError> {
-        let anonymous = VaultClient::new(&endpoint, SecretString::from(""))?;
+        let anonymous = VaultClient::new(&endpoint).await?;
         let session = Arc::new(Session {
             endpoint,
             auth,
