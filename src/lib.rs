@@ -1,9 +1,23 @@
 //! credswap: live, verified TLS PostgreSQL pools for the applications on a host, fed by
 //! rotating credentials.
 //!
-//! Where things are: [`config`] reads and validates the configuration, [`dsn`] parses
-//! connection strings, [`tls`] turns `sslmode` into a rustls configuration, [`pool`] builds and
-//! verifies pools, [`secret`] holds credentials, and [`cli`] is the command line.
+//! The map of the house, in the order data flows:
+//!
+//! - [`config`]: the TOML file, environment overrides, validation; source settings, durations.
+//! - [`dsn`], [`tls`]: libpq connection strings; rustls for each `sslmode`.
+//! - [`secret`]: the `SecretSource` trait and its AWS, Vault/OpenBao, file and dev sources.
+//! - [`pool`]: verified pools of one generation (tokio-postgres on bb8).
+//! - [`rotation`]: the control side: one rotator per target (fetch, build, verify, swap),
+//!   drains, the breaker, the engine that runs them. Where a rotation happens.
+//! - [`targets`]: the request side: one handle per target (current generation, checkout,
+//!   access lists, status) in a registry every front end holds. Where a request goes first.
+//! - [`listen`]: what every front end shares: socket files, peer credentials, read-interest
+//!   streams, the accept loop with connection limits.
+//! - [`http`]: HTTP plumbing shared by the two HTTP front ends.
+//! - [`api`], [`webhook`]: the front ends, equal neighbours on `listen` and `targets`.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`service`], [`shutdown`]: the daemon's lifecycle under one shutdown signal.
+//! - [`cli`]: the command line (`run`, `status`, `rotate`, `query`, `check-config`).
 
 #![forbid(unsafe_code)]
 
@@ -11,10 +25,14 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dsn;
+pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod pool;
 pub mod rotation;
 pub mod secret;
 pub mod service;
+pub mod shutdown;
+pub mod targets;
 pub mod tls;
 pub mod webhook;

@@ -1,6 +1,6 @@
 //! Prometheus metrics (prefix `credswap_`). Event-driven ones (rotations, steps, fetches,
 //! queries) are recorded as they happen; state (generations, pool connections, breaker, lease
-//! expiry, draining) is read from the engine when `/metrics` is scraped. No label or value
+//! expiry, draining) is read from the target handles when `/metrics` is scraped. No label or value
 //! ever holds a secret: labels are target names, triggers, steps, results and source kinds.
 
 use std::sync::atomic::AtomicU64;
@@ -13,8 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::rotation::breaker::BreakerState;
-use crate::rotation::{Engine, Event, EventKind, Outcome};
+use crate::targets::{BreakerState, Event, EventKind, Outcome, Step, TargetState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabel {
@@ -198,10 +197,7 @@ impl Metrics {
                 })
                 .inc();
             let fetch = match &r.outcome {
-                Outcome::Failed {
-                    step: crate::rotation::Step::Fetch,
-                    ..
-                } => "error",
+                Outcome::Failed(f) if f.step == Step::Fetch => "error",
                 _ => "ok",
             };
             self.fetches
@@ -258,9 +254,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with state read from the engine now.
-    pub fn render(&self, engine: &Engine) -> String {
-        for t in engine.targets() {
+    /// The Prometheus text exposition, with state read from the targets now.
+    pub fn render(&self, targets: &crate::targets::Registry) -> String {
+        for t in targets.all().iter() {
             let status = t.status();
             let label = TargetLabel {
                 target: status.name.clone(),
@@ -306,7 +302,7 @@ impl Metrics {
                     .sum(),
             );
             self.ready.get_or_create(&label).set(i64::from(
-                status.generation.is_some() && status.state == crate::rotation::TargetState::Ready,
+                status.generation.is_some() && status.state == TargetState::Ready,
             ));
             self.leaks
                 .get_or_create(&label)

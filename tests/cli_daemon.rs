@@ -228,3 +228,33 @@ async fn a_second_signal_exits_at_once() {
         "the running request ends with the connection, not an answer"
     );
 }
+
+/// An open `/v1/events` stream does not hold up a stop: it ends at shutdown, and the daemon
+/// exits well within `daemon.shutdown_timeout` (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_open_event_stream_exits_promptly() {
+    let (db, _dir, d) = start().await;
+    let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
+    let socket = d.socket_path().to_path_buf();
+    let stream = tokio::spawn(async move {
+        credswap::api::client::events(&socket, "/v1/events", subscribed, |_, _| true).await
+    });
+    tokio::time::timeout(Duration::from_secs(5), is_subscribed)
+        .await
+        .expect("subscribed to /v1/events")
+        .expect("the event stream started");
+    let started = std::time::Instant::now();
+    let (code, socket_left) = terminate(d).await;
+    assert_eq!(code, Some(0), "a clean stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the open stream held the stop for {:?}",
+        started.elapsed()
+    );
+    assert!(!socket_left);
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream)
+        .await
+        .expect("the client's stream ended with the daemon");
+    assert!(ended.is_ok());
+    drop(db);
+}

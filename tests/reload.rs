@@ -134,3 +134,84 @@ async fn sighup_and_api_reload() {
     assert_eq!(v["unchanged"], json!(["a", "c", "d"]));
     assert_eq!(names(&d).await, ["a", "c", "d", "e"]);
 }
+
+/// An allow-list edit is applied in place: the generation stays (no fetch, no rotation, no
+/// drain), the next request sees it, and so does an event stream opened before the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_change_applies_in_place() {
+    let db = Cluster::start_tls();
+    db.create_role("app", "pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = support::credentials_file(dir.path(), "app.json", "app", "pw");
+    let s = secret.display().to_string();
+    // The test's uid is not an admin here, so only the target's allow-list decides.
+    let admin = "admin_uids = [4242]";
+    let me = rustix::process::getuid().as_raw();
+    let d = Daemon::start(&target(&db, "a", &s, "allow_uids = [4242]"), admin).await;
+    d.wait_ready().await;
+    assert_eq!(d.get("/v1/targets/a").await.0, 403, "not allowed yet");
+
+    let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
+    let (seen, rotation_seen) = tokio::sync::oneshot::channel();
+    let socket = d.socket_path().to_path_buf();
+    let stream = tokio::spawn(async move {
+        let mut seen = Some(seen);
+        let _ = credswap::api::client::events(&socket, "/v1/events", subscribed, |name, data| {
+            if name == "rotation_finished" {
+                if let Some(tx) = seen.take() {
+                    let _ = tx.send(data.to_string());
+                }
+                return false;
+            }
+            true
+        })
+        .await;
+    });
+    tokio::time::timeout(Duration::from_secs(5), is_subscribed)
+        .await
+        .expect("subscribed")
+        .expect("the stream started");
+
+    write_config(
+        &d,
+        &target(&db, "a", &s, &format!("allow_uids = [4242, {me}]")),
+    );
+    hup(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (code, v, _) = d.get("/v1/targets/a").await;
+        if code == 200 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new allow-list never applied:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status["generation"]["id"], 1,
+        "the same generation: {status}"
+    );
+    assert_eq!(
+        status["last_rotation"]["rotation"], 1,
+        "no rotation (so no fetch) since start-up: {status}"
+    );
+    let (code, v, _) = d.query("a", json!({"sql": "SELECT 1 AS one"})).await;
+    assert_eq!((code, &v["rows"]), (200, &json!([[1]])));
+
+    // The stream opened while the peer was refused now carries the target's events.
+    db.set_password("app", "pw2").await;
+    support::credentials_file(dir.path(), "app.json", "app", "pw2");
+    let data = tokio::time::timeout(Duration::from_secs(15), rotation_seen)
+        .await
+        .expect("the open stream never saw the rotation")
+        .unwrap();
+    let event: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (event["target"].as_str(), event["result"].as_str()),
+        (Some("a"), Some("swapped"))
+    );
+    stream.abort();
+}

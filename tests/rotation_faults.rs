@@ -6,11 +6,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use credswap::config::{Config, Source};
-use credswap::pool::PoolError;
-use credswap::rotation::breaker::BreakerState;
-use credswap::rotation::{CheckoutError, Engine, EventKind, Outcome, Step, TargetState, Trigger};
+use credswap::rotation::Engine;
 use credswap::secret::aws::AwsSourceConfig;
 use credswap::secret::file::{FileFormat, FileSourceConfig};
+use credswap::targets::{
+    BreakerState, CheckoutError, EventKind, FailureCause, Outcome, Step, TargetState, Trigger,
+};
 use support::engine::{target, wait_event};
 use support::pg::Cluster;
 use support::servers::Moto;
@@ -159,10 +160,7 @@ async fn dead_store_opens_the_breaker_and_heals() {
     assert!(
         matches!(
             report.outcome,
-            Outcome::Failed {
-                step: Step::Fetch,
-                ..
-            }
+            Outcome::Failed(ref f) if f.step == Step::Fetch
         ),
         "{report:?}"
     );
@@ -188,10 +186,12 @@ async fn dead_store_opens_the_breaker_and_heals() {
         .unwrap()
         .unwrap();
     match &report.outcome {
-        Outcome::Failed {
-            step: Step::Fetch,
-            error,
-        } => {
+        Outcome::Failed(f) if f.step == Step::Fetch => {
+            assert!(
+                matches!(f.cause, FailureCause::BreakerOpen { failures: 3, .. }),
+                "{f}"
+            );
+            let error = f.cause.to_string();
             assert!(
                 error.starts_with("circuit breaker open: the secret store failed 3 times in a row"),
                 "{error}"
@@ -240,13 +240,15 @@ async fn wrong_new_credentials_do_not_swap() {
         .unwrap()
         .unwrap();
     match &report.outcome {
-        Outcome::Failed { step, error } => {
-            assert_eq!(*step, Step::Connect);
+        Outcome::Failed(f) => {
+            assert_eq!(f.step, Step::Connect);
+            assert!(f.cause.is_auth(), "{f}");
+            let error = f.to_string();
             assert!(
                 error.contains("password authentication failed for user \"app\""),
                 "{error}"
             );
-            support::assert_no_canary("rotation error", error);
+            support::assert_no_canary("rotation error", &error);
         }
         other => panic!("{other:?}"),
     }
@@ -261,7 +263,7 @@ async fn wrong_new_credentials_do_not_swap() {
 
 #[tokio::test]
 async fn postgres_restart_fails_fast_and_recovers() {
-    let (db, _dir, _path, engine) = file_engine(|_| {}).await;
+    let (mut db, _dir, _path, engine) = file_engine(|_| {}).await;
     query_ok(&engine, "app").await;
     let target = engine.target("app").unwrap().clone();
 
@@ -289,10 +291,7 @@ async fn postgres_restart_fails_fast_and_recovers() {
     );
     // A checkout now, with the server down, names the cause.
     match target.checkout().await {
-        Err(CheckoutError::Pool(PoolError::CheckoutTimeout {
-            last_error: Some(e),
-            ..
-        })) => {
+        Err(e @ CheckoutError::Unavailable { .. }) => {
             assert!(e.to_string().contains("cannot reach the server"), "{e}")
         }
         other => panic!("{other:?}"),

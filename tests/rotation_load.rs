@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client as Sm;
 use credswap::config::Source;
-use credswap::rotation::{EventKind, Outcome, Step, Trigger};
 use credswap::secret::aws::AwsSourceConfig;
 use credswap::secret::vault::{VaultAuth, VaultEngine, VaultSourceConfig};
+use credswap::targets::{EventKind, Outcome, Step, Trigger};
 use support::engine::{load, stale_sessions, swapped, target, wait_event};
 use support::pg::{pki, Cluster};
 use support::servers::{Bao, Moto};
@@ -71,7 +71,7 @@ async fn aws_rotation(sm: &Sm, db: &Cluster, id: &str, user: &str, password: &st
 }
 
 /// Prints the median and worst of each rotation step, for the record.
-fn print_steps(label: &str, reports: &[credswap::rotation::RotationReport]) {
+fn print_steps(label: &str, reports: &[credswap::targets::RotationReport]) {
     for step in [
         Step::Fetch,
         Step::Connect,
@@ -145,9 +145,7 @@ async fn run_aws(alternating: bool) {
             Outcome::Swapped { .. } => reports.push(report),
             // The live pool saw the new password first and already rotated through AWSPENDING.
             Outcome::Unchanged { .. } => {}
-            Outcome::Failed { step, ref error } => {
-                panic!("rotation {i} failed at {step:?}: {error}")
-            }
+            Outcome::Failed(ref f) => panic!("rotation {i} failed: {f}"),
         }
         let current = target.current().unwrap();
         assert_eq!(current.credential_version, version, "rotation {i}");

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credswap::config::{Config, Source, WebhookConfig};
-use credswap::rotation::{Engine, EventKind, Trigger};
+use credswap::rotation::Engine;
 use credswap::secret::aws::AwsSourceConfig;
 use credswap::secret::file::{FileFormat, FileSourceConfig};
 use credswap::secret::vault::{VaultAuth, VaultEngine, VaultSourceConfig};
+use credswap::targets::{EventKind, Trigger};
 use credswap::webhook::{self, auth};
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -138,7 +139,7 @@ async fn setup(transport: Transport, rate: f64) -> Setup {
         cfg.unix_socket = Some(path.clone());
         http = http.unix_socket(path);
     }
-    let listener = webhook::start(&cfg, engine.clone(), targets).await.unwrap();
+    let listener = webhook::start(&cfg, engine.registry()).await.unwrap();
     let (scheme, port) = match transport {
         Transport::Tls => ("https", listener.local_addr.unwrap().port()),
         Transport::Tcp => ("http", listener.local_addr.unwrap().port()),

@@ -1,39 +1,29 @@
-//! The local API: HTTP/1.1 + JSON on a Unix socket. Where a request goes: [`routes`] checks the
-//! peer ([`peer`]) against the target's allow-lists, takes a connection of the current
-//! generation and runs the statement ([`query`], [`types`]); errors are [`error::ApiError`].
+//! The local API: HTTP/1.1 + JSON on a Unix socket, on the shared listener layer
+//! ([`crate::listen`]). Where a request goes: [`routes`] checks the peer (read at accept)
+//! against the target's allow-lists, takes a connection of the target's current generation
+//! ([`crate::targets`]) and runs the statement ([`query`], [`types`]); errors are
+//! [`crate::http::ApiError`].
 
 pub mod client;
-pub mod error;
-pub mod peer;
 pub mod query;
-pub mod ratelimit;
 pub mod routes;
-pub mod socket;
-pub mod stream;
 pub mod types;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::UnixListener;
 
-use crate::config::access::Access;
-use crate::config::{Api, Config};
+use crate::config::Api;
+use crate::listen::accept::{self, ConnLimits, Gate};
+use crate::listen::ratelimit::RateLimiter;
+use crate::listen::UnixConn;
 use crate::metrics::Metrics;
-use crate::rotation::Engine;
-
-/// What the API needs of a target's configuration.
-#[derive(Clone, Debug)]
-pub struct TargetSettings {
-    pub access: Access,
-    pub statement_timeout: Duration,
-}
+use crate::shutdown::Shutdown;
+use crate::targets::Registry;
 
 /// A reload asked for through the API, answered by the service loop.
 pub type ReloadRequest =
@@ -41,52 +31,33 @@ pub type ReloadRequest =
 
 /// Shared by every request.
 pub struct ApiState {
-    pub engine: Arc<Engine>,
+    pub targets: Arc<Registry>,
     pub api: Api,
-    /// Per-target settings; replaced on reload.
-    pub targets: ArcSwap<HashMap<String, TargetSettings>>,
     pub metrics: Arc<Metrics>,
-    pub limiter: ratelimit::RateLimiter,
+    pub limiter: RateLimiter,
     pub started: Instant,
     /// Where `POST /v1/reload` sends its request (none: reload is not offered).
     pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
-}
-
-fn settings(config: &Config) -> HashMap<String, TargetSettings> {
-    config
-        .targets
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                TargetSettings {
-                    access: t.access.clone(),
-                    statement_timeout: t.pool.statement_timeout,
-                },
-            )
-        })
-        .collect()
+    /// Ends event streams when the daemon stops.
+    pub shutdown: Shutdown,
 }
 
 impl ApiState {
-    pub fn new(config: &Config, engine: Arc<Engine>, metrics: Arc<Metrics>) -> ApiState {
+    pub fn new(
+        api: &Api,
+        targets: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> ApiState {
         ApiState {
-            engine,
-            api: config.api.clone(),
-            targets: ArcSwap::from_pointee(settings(config)),
+            targets,
+            api: api.clone(),
             metrics,
-            limiter: ratelimit::RateLimiter::new(
-                config.api.rate_limit_per_second,
-                config.api.rate_limit_burst,
-            ),
+            limiter: RateLimiter::new(api.rate_limit_per_second, api.rate_limit_burst),
             started: Instant::now(),
             reload: None,
+            shutdown,
         }
-    }
-
-    /// Takes the per-target settings of a reloaded configuration.
-    pub fn update(&self, config: &Config) {
-        self.targets.store(Arc::new(settings(config)));
     }
 }
 
@@ -110,16 +81,31 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(
-    listener: UnixListener,
-    state: Arc<ApiState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        stream::ApiListener(listener),
-        router(state).into_make_service_with_connect_info::<peer::PeerInfo>(),
+/// Serves until the shutdown fires, then lets in-flight requests finish within `grace`.
+pub async fn serve(listener: UnixListener, state: Arc<ApiState>, grace: Duration) {
+    let gate = Gate::new(ConnLimits {
+        max_connections: state.api.max_connections,
+        max_per_peer: state.api.max_connections_per_uid,
+    });
+    let shutdown = state.shutdown.clone();
+    let app = router(state.clone());
+    accept::serve_unix(
+        listener,
+        gate,
+        shutdown.clone(),
+        grace,
+        move |conn: UnixConn| {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            async move {
+                let UnixConn { stream, peer, slot } = conn;
+                match slot {
+                    Ok(_slot) => {
+                        crate::http::serve_conn(stream, app, routes::PeerInfo(peer), shutdown).await
+                    }
+                    Err(refused) => crate::http::refuse(stream, &refused.to_string()).await,
+                }
+            }
+        },
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_postgres::Statement;
 
-use super::error::ApiError;
 use super::types::{self, Cell, TextParam};
-use crate::rotation::Checkout;
+use crate::http::ApiError;
+use crate::targets::Checkout;
 
 /// How rows are shaped in the answer.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

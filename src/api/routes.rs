@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,37 +15,15 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::ApiError;
-use super::peer::PeerInfo;
 use super::query::{self, BatchRequest, Limits, QueryRequest};
 use super::ApiState;
 use crate::config::access::Peer;
-use crate::rotation::{TargetRuntime, Trigger};
+use crate::http::{ApiError, Body};
+use crate::targets::{Checkout, CheckoutError, TargetHandle, TargetStatus, Trigger};
 
-/// The raw request body, with over-limit and unreadable bodies turned into JSON errors.
-pub struct Body(pub Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(Body)
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::payload_too_large(
-                        "the request body is larger than api.max_body_bytes",
-                    )
-                } else {
-                    ApiError::bad_request(format!(
-                        "could not read the request body: {}",
-                        r.body_text()
-                    ))
-                }
-            })
-    }
-}
+/// The peer of the connection a request came on, read once at accept.
+#[derive(Clone, Debug)]
+pub struct PeerInfo(pub Option<Peer>);
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -69,23 +47,15 @@ impl ApiState {
     }
 
     /// The target, if `peer` may use it.
-    fn authorize(&self, peer: &Peer, name: &str) -> Result<Arc<TargetRuntime>, ApiError> {
+    fn authorize(&self, peer: &Peer, name: &str) -> Result<Arc<TargetHandle>, ApiError> {
         let target = self
-            .engine
-            .target(name)
-            .ok_or_else(|| ApiError::not_found(format!("no target named \"{name}\"")))?;
-        if self.is_admin(peer) {
-            return Ok(target);
-        }
-        let access = self
             .targets
-            .load()
             .get(name)
-            .map(|s| s.access.clone())
-            .unwrap_or_default();
-        if access.allows(peer).is_some() {
+            .ok_or_else(|| ApiError::not_found(format!("no target named \"{name}\"")))?;
+        if self.is_admin(peer) || target.allows(peer).is_some() {
             return Ok(target);
         }
+        let access = target.access();
         tracing::warn!(
             uid = peer.uid,
             gid = peer.gid,
@@ -117,12 +87,13 @@ impl ApiState {
         )))
     }
 
-    fn limits(&self, target: &str, timeout_ms: Option<u64>, max_rows: Option<usize>) -> Limits {
-        let ceiling = self
-            .targets
-            .load()
-            .get(target)
-            .map_or(Duration::ZERO, |s| s.statement_timeout);
+    fn limits(
+        &self,
+        target: &TargetHandle,
+        timeout_ms: Option<u64>,
+        max_rows: Option<usize>,
+    ) -> Limits {
+        let ceiling = target.settings().pool.statement_timeout;
         let asked = timeout_ms.map(Duration::from_millis);
         let timeout = match (asked, ceiling.is_zero()) {
             (Some(a), false) => Some(a.min(ceiling)),
@@ -148,15 +119,15 @@ pub async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Valu
 
 pub async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     let targets: Vec<_> = state
-        .engine
-        .targets()
+        .targets
+        .all()
         .iter()
         .map(|t| {
             let s = t.status();
             json!({"name": s.name, "state": s.state, "generation": s.generation.map(|g| g.id), "reason": s.reason})
         })
         .collect();
-    let ready = state.engine.targets().iter().all(|t| t.current().is_some());
+    let ready = state.targets.all_live();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -167,42 +138,46 @@ pub async fn ready(State(state): State<Arc<ApiState>>) -> Response {
 
 pub async fn targets(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let peer = state.peer(&info)?;
     let list: Vec<_> = state
-        .engine
-        .targets()
+        .targets
+        .all()
         .iter()
-        .filter(|t| state.authorize_quiet(&peer, t.name()))
+        .filter(|t| state.authorize_quiet(&peer, t))
         .map(|t| t.status())
         .collect();
     Ok(Json(json!({ "targets": list })))
 }
 
 impl ApiState {
-    fn authorize_quiet(&self, peer: &Peer, name: &str) -> bool {
+    /// Whether `peer` may see events of the target named `name`, by its access lists now.
+    fn may_see(&self, peer: &Peer, name: &str) -> bool {
         self.is_admin(peer)
             || self
                 .targets
-                .load()
                 .get(name)
-                .is_some_and(|s| s.access.allows(peer).is_some())
+                .is_some_and(|t| t.allows(peer).is_some())
+    }
+
+    fn authorize_quiet(&self, peer: &Peer, target: &TargetHandle) -> bool {
+        self.is_admin(peer) || target.allows(peer).is_some()
     }
 }
 
 pub async fn target(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
-) -> Result<Json<crate::rotation::TargetStatus>, ApiError> {
+) -> Result<Json<TargetStatus>, ApiError> {
     let peer = state.peer(&info)?;
     Ok(Json(state.authorize(&peer, &name)?.status()))
 }
 
 pub async fn query(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
     Body(body): Body,
 ) -> Result<Json<query::QueryResult>, ApiError> {
@@ -212,7 +187,7 @@ pub async fn query(
     let started = Instant::now();
     let result = async {
         let conn = checkout(&state, &target).await?;
-        let limits = state.limits(&name, request.timeout_ms, request.max_rows);
+        let limits = state.limits(&target, request.timeout_ms, request.max_rows);
         query::run(
             &conn,
             &request.sql,
@@ -231,18 +206,10 @@ pub async fn query(
     result.map(Json)
 }
 
-async fn checkout(
-    state: &ApiState,
-    target: &TargetRuntime,
-) -> Result<crate::rotation::Checkout, ApiError> {
+async fn checkout(state: &ApiState, target: &TargetHandle) -> Result<Checkout, ApiError> {
     let started = Instant::now();
     let result = target.checkout().await;
-    let timed_out = matches!(
-        result,
-        Err(crate::rotation::CheckoutError::Pool(
-            crate::pool::PoolError::CheckoutTimeout { .. }
-        ))
-    );
+    let timed_out = matches!(result, Err(CheckoutError::Exhausted { .. }));
     state
         .metrics
         .checkout(target.name(), started.elapsed(), timed_out);
@@ -251,7 +218,7 @@ async fn checkout(
 
 pub async fn batch(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
     Body(body): Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -264,7 +231,7 @@ pub async fn batch(
     let started = Instant::now();
     let result = async {
         let conn = checkout(&state, &target).await?;
-        let limits = state.limits(&name, request.timeout_ms, None);
+        let limits = state.limits(&target, request.timeout_ms, None);
         query::run_batch(&conn, &request, limits)
             .await
             .map_err(|(i, mut e)| {
@@ -300,7 +267,7 @@ pub struct RotateRequest {
 
 pub async fn rotate(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
@@ -329,7 +296,7 @@ pub async fn rotate(
 
 pub async fn reload(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let peer = state.peer(&info)?;
     state.require_admin(&peer, "reload")?;
@@ -352,42 +319,47 @@ pub async fn reload(
 
 pub async fn events(
     State(state): State<Arc<ApiState>>,
-    ConnectInfo(info): ConnectInfo<PeerInfo>,
+    Extension(info): Extension<PeerInfo>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let peer = state.peer(&info)?;
-    let rx = state.engine.subscribe();
-    let allowed: Vec<String> = state
-        .engine
-        .targets()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|n| state.authorize_quiet(&peer, n))
-        .collect();
-    let stream = futures_util::stream::unfold((rx, allowed), |(mut rx, allowed)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(event) if allowed.contains(&event.target) => {
-                    let name = serde_json::to_value(&event.kind)
-                        .ok()
-                        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
-                        .unwrap_or_else(|| "event".into());
-                    let sse = SseEvent::default()
-                        .event(name)
-                        .json_data(&event)
-                        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
-                    return Some((Ok(sse), (rx, allowed)));
+    let rx = state.targets.subscribe();
+    // Each event is checked against the target's allow-lists as they are when it happens, and
+    // the stream ends when the daemon stops (graceful shutdown would otherwise wait for it).
+    let context = (rx, state.clone(), peer, state.shutdown.clone());
+    let stream =
+        futures_util::stream::unfold(context, |(mut rx, state, peer, mut stop)| async move {
+            loop {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stop.wait() => return None,
+                };
+                match received {
+                    Ok(event) if state.may_see(&peer, &event.target) => {
+                        let name = serde_json::to_value(&event.kind)
+                            .ok()
+                            .and_then(|v| {
+                                v.get("event").and_then(|e| e.as_str()).map(str::to_string)
+                            })
+                            .unwrap_or_else(|| "event".into());
+                        let sse = SseEvent::default()
+                            .event(name)
+                            .json_data(&event)
+                            .unwrap_or_else(|_| {
+                                SseEvent::default().comment("unserialisable event")
+                            });
+                        return Some((Ok(sse), (rx, state, peer, stop)));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let sse = SseEvent::default()
+                            .event("lagged")
+                            .data(format!("{n} events were dropped"));
+                        return Some((Ok(sse), (rx, state, peer, stop)));
+                    }
+                    Err(_) => return None,
                 }
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let sse = SseEvent::default()
-                        .event("lagged")
-                        .data(format!("{n} events were dropped"));
-                    return Some((Ok(sse), (rx, allowed)));
-                }
-                Err(_) => return None,
             }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -397,7 +369,7 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&state.engine),
+        state.metrics.render(&state.targets),
     )
         .into_response()
 }

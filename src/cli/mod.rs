@@ -11,6 +11,7 @@
 //! | 78 | the configuration is invalid (`EX_CONFIG`) |
 
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -368,43 +369,40 @@ async fn rotate(
         }
         return Ok(fail(&reply));
     }
-    let v: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
     if !wait {
         println!("rotation of {target} requested");
         return Ok(ExitCode::SUCCESS);
     }
-    let code = match v["result"].as_str() {
-        Some("swapped") => {
-            println!("{target}: swapped to generation {}", v["generation"]);
+    let report: report::ReportView = match serde_json::from_slice(&reply.body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{target}: the daemon's rotation report could not be read: {e}");
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+    };
+    let code = match &report.outcome {
+        report::OutcomeView::Swapped { generation } => {
+            println!("{target}: swapped to generation {generation}");
             // Let the drain line appear if it comes soon; never wait past a few seconds.
             if let Some(w) = watcher {
                 let _ = tokio::time::timeout(Duration::from_secs(3), w).await;
             }
             ExitCode::SUCCESS
         }
-        Some("unchanged") => {
+        report::OutcomeView::Unchanged => {
             println!("{target}: unchanged (the secret has the same version; --force builds a new generation anyway)");
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!(
-                "{target}: rotation failed at {}: {}",
-                v["step"].as_str().unwrap_or("?"),
-                v["error"].as_str().unwrap_or("?")
-            );
+        report::OutcomeView::Failed { step, error, .. } => {
+            eprintln!("{target}: rotation failed at {step}: {error}");
             ExitCode::from(EXIT_FAILED)
         }
     };
-    if let Some(steps) = v["steps"].as_array() {
-        let line: Vec<String> = steps
+    if !report.steps.is_empty() {
+        let line: Vec<String> = report
+            .steps
             .iter()
-            .map(|s| {
-                format!(
-                    "{} {:.1} ms",
-                    s["step"].as_str().unwrap_or("?"),
-                    s["duration"].as_f64().unwrap_or(0.0)
-                )
-            })
+            .map(|s| format!("{} {:.1} ms", s.step, s.duration))
             .collect();
         println!("  steps: {}", line.join(", "));
     }

@@ -11,7 +11,7 @@ pub struct Access {
     pub gids: BTreeSet<u32>,
 }
 
-/// What a peer is: from `SO_PEERCRED`, plus its supplementary groups.
+/// What a peer is: from `SO_PEERCRED`, plus its supplementary groups (read by `listen::peer`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
@@ -50,20 +50,6 @@ pub fn user_id(name: &str) -> Option<u32> {
 /// The gid of a group name.
 pub fn group_id(name: &str) -> Option<u32> {
     lookup(Path::new("/etc/group"), name)
-}
-
-/// Supplementary groups of a process, from /proc/PID/status.
-pub fn process_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod access;
 pub mod duration;
 mod env;
 mod render;
+pub mod sources;
 pub mod types;
 mod validate;
 
@@ -26,9 +27,7 @@ pub use types::{
 };
 
 use crate::dsn::ConnInfo;
-use crate::secret::aws::AwsSourceConfig;
-use crate::secret::file::FileSourceConfig;
-use crate::secret::vault::VaultSourceConfig;
+use sources::{AwsSourceConfig, FileSourceConfig, VaultSourceConfig};
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -56,6 +55,8 @@ pub struct Api {
     pub max_response_bytes: usize,
     pub rate_limit_per_second: f64,
     pub rate_limit_burst: u32,
+    pub max_connections: usize,
+    pub max_connections_per_uid: usize,
 }
 
 impl Api {
@@ -73,6 +74,8 @@ impl Api {
             max_response_bytes: d.max_response_bytes,
             rate_limit_per_second: d.rate_limit_per_second,
             rate_limit_burst: d.rate_limit_burst,
+            max_connections: d.max_connections,
+            max_connections_per_uid: d.max_connections_per_uid,
         }
     }
 }

@@ -3,11 +3,9 @@
 use serde::Serialize;
 
 use super::duration;
+use super::sources::{AwsSourceConfig, FileSourceConfig, VaultSourceConfig};
 use super::types::{BreakerSettings, DaemonConfig, PoolSettings, RetrySettings, WebhookConfig};
 use super::{Config, Source};
-use crate::secret::aws::AwsSourceConfig;
-use crate::secret::file::FileSourceConfig;
-use crate::secret::vault::VaultSourceConfig;
 
 #[derive(Serialize)]
 struct Effective<'a> {
@@ -30,6 +28,8 @@ struct EffectiveApi<'a> {
     max_response_bytes: usize,
     rate_limit_per_second: f64,
     rate_limit_burst: u32,
+    max_connections: usize,
+    max_connections_per_uid: usize,
 }
 
 #[derive(Serialize)]
@@ -75,6 +75,8 @@ pub fn render_effective(config: &Config) -> String {
             max_response_bytes: config.api.max_response_bytes,
             rate_limit_per_second: config.api.rate_limit_per_second,
             rate_limit_burst: config.api.rate_limit_burst,
+            max_connections: config.api.max_connections,
+            max_connections_per_uid: config.api.max_connections_per_uid,
         },
         target: config
             .targets

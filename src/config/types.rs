@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
-use crate::secret::aws::AwsSourceConfig;
-use crate::secret::file::FileSourceConfig;
-use crate::secret::vault::VaultSourceConfig;
+use super::sources::{AwsSourceConfig, FileSourceConfig, VaultSourceConfig};
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -151,6 +149,12 @@ pub struct ApiConfig {
     /// Burst size of the token bucket.
     #[serde(default = "default_burst")]
     pub rate_limit_burst: u32,
+    /// Open connections at once on the API socket, all peers together.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections at once from one peer uid.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
 }
 
 impl Default for ApiConfig {
@@ -165,10 +169,18 @@ impl Default for ApiConfig {
             max_response_bytes: default_max_response(),
             rate_limit_per_second: default_rate(),
             rate_limit_burst: default_burst(),
+            max_connections: default_max_connections(),
+            max_connections_per_uid: default_max_connections_per_uid(),
         }
     }
 }
 
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_uid() -> usize {
+    512
+}
 fn default_max_body() -> usize {
     1 << 20
 }

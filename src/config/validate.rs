@@ -172,6 +172,12 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
             "max_body_bytes, max_rows and max_response_bytes must be more than zero",
         );
     }
+    if raw.api.max_connections == 0 || raw.api.max_connections_per_uid == 0 {
+        c.error(
+            "api".into(),
+            "max_connections and max_connections_per_uid must be more than zero",
+        );
+    }
     if raw.api.rate_limit_per_second < 0.0 || !raw.api.rate_limit_per_second.is_finite() {
         c.error(
             "api.rate_limit_per_second".into(),
@@ -189,6 +195,8 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
         max_response_bytes: raw.api.max_response_bytes,
         rate_limit_per_second: raw.api.rate_limit_per_second,
         rate_limit_burst: raw.api.rate_limit_burst.max(1),
+        max_connections: raw.api.max_connections,
+        max_connections_per_uid: raw.api.max_connections_per_uid,
     }
 }
 
@@ -438,8 +446,8 @@ fn check_source(source: &SourceConfig, at: &str, c: &mut Collector<'_>) -> Sourc
     }
 }
 
-fn engine_name(e: crate::secret::vault::VaultEngine) -> &'static str {
-    use crate::secret::vault::VaultEngine::*;
+fn engine_name(e: super::sources::VaultEngine) -> &'static str {
+    use super::sources::VaultEngine::*;
     match e {
         Kv2 => "kv2",
         Kv1 => "kv1",

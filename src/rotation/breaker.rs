@@ -4,19 +4,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::BreakerSettings;
-
-/// The breaker's state, as status shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
+pub use crate::targets::status::BreakerState;
 
 /// One breaker.
 #[derive(Debug)]

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::generation::Generation;
-use super::status::EventKind;
-use super::target::TargetRuntime;
 use crate::secret::SecretSource;
+use crate::targets::{EventKind, Generation, TargetHandle};
 
 /// After cancelling, how long the holders get to hand their connections back.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -25,10 +24,15 @@ pub struct DrainReport {
     pub abandoned: u32,
 }
 
-/// Drains `generation`, which is no longer current.
-pub async fn drain(generation: &Generation, timeout: Duration) -> DrainReport {
+/// Drains `generation`, which is no longer current. When `hurry` turns true (the daemon is
+/// stopping, its requests are done) the deadline moves to now.
+pub async fn drain(
+    generation: &Generation,
+    timeout: Duration,
+    mut hurry: watch::Receiver<bool>,
+) -> DrainReport {
     let started = Instant::now();
-    let deadline = started + timeout;
+    let mut deadline = started + timeout;
     let pool = &generation.pool;
     pool.begin_drain();
     pool.close_idle().await;
@@ -43,6 +47,9 @@ pub async fn drain(generation: &Generation, timeout: Duration) -> DrainReport {
         };
         tokio::select! {
             _ = pool.returned() => pool.close_idle().await,
+            _ = async { let _ = hurry.wait_for(|h| *h).await; }, if cancelled.is_none() && deadline > Instant::now() => {
+                deadline = Instant::now();
+            }
             _ = tokio::time::sleep_until(give_up) => {
                 if cancelled.is_some() {
                     break;
@@ -71,16 +78,14 @@ pub async fn drain(generation: &Generation, timeout: Duration) -> DrainReport {
 /// Drains a swapped-out generation for a target and revokes its lease when asked; reports the
 /// result in the target's status and events.
 pub(crate) async fn retire(
-    target: Arc<TargetRuntime>,
+    target: Arc<TargetHandle>,
     generation: Arc<Generation>,
     timeout: Duration,
     revoke: Option<Arc<dyn SecretSource>>,
+    hurry: watch::Receiver<bool>,
 ) {
-    target.shared().draining.insert(
-        generation.id,
-        (generation.clone(), SystemTime::now() + timeout),
-    );
-    let report = drain(&generation, timeout).await;
+    target.draining_started(generation.clone(), SystemTime::now() + timeout);
+    let report = drain(&generation, timeout, hurry).await;
     let lease_revoked = match (&revoke, &generation.lease) {
         (Some(source), Some(lease)) => match source.revoke(lease).await {
             Ok(()) => Some(true),
@@ -91,7 +96,7 @@ pub(crate) async fn retire(
         },
         _ => None,
     };
-    target.shared().draining.remove(&generation.id);
+    target.draining_finished(generation.id);
     tracing::info!(
         target_name = %target.name(),
         generation = generation.id,

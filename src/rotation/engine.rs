@@ -1,6 +1,6 @@
-//! The engine: every target's runtime and rotator, start-up readiness, the event stream and
-//! shutdown. Shutdown follows mini-redis: a watch flips, every rotator drains its generations
-//! and returns, and the engine awaits them all.
+//! The engine: every target's rotator, the registry of their handles, start-up readiness,
+//! reload and shutdown. Shutdown follows mini-redis: a watch flips, every rotator drains its
+//! generations and returns, and the engine awaits them all.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -9,38 +9,29 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::rotator::Rotator;
-use super::status::{Event, TargetState};
-use super::target::TargetRuntime;
-use super::Outcome;
 use crate::config::{Config, Source, Target};
-
-/// How many events a slow subscriber may fall behind before it misses some.
-const EVENT_BACKLOG: usize = 1024;
+use crate::targets::{Event, Outcome, Registry, TargetHandle, TargetState};
 
 /// All targets, running.
 pub struct Engine {
     targets: RwLock<Vec<Running>>,
-    events: broadcast::Sender<Event>,
+    registry: Arc<Registry>,
     /// Rotators that were told to stop, still draining; awaited at shutdown.
     retired: tokio::sync::Mutex<JoinSet<()>>,
 }
 
 /// One target with its configuration and its rotator.
 struct Running {
-    runtime: Arc<TargetRuntime>,
+    runtime: Arc<TargetHandle>,
     config: Target,
     stop: watch::Sender<bool>,
     rotator: Option<JoinHandle<()>>,
 }
 
 impl Running {
-    fn start(t: &Target, events: &broadcast::Sender<Event>) -> Running {
-        let (runtime, commands) = TargetRuntime::new(
-            t.name.clone(),
-            describe(&t.source),
-            events.clone(),
-            t.pool.max_size,
-        );
+    fn start(t: &Target, registry: &Registry) -> Running {
+        let (runtime, commands) =
+            TargetHandle::new(t, describe(&t.source), registry.event_sender());
         let (stop, stop_rx) = watch::channel(false);
         let rotator = Rotator::new(runtime.clone(), t.clone(), commands, stop_rx);
         Running {
@@ -67,6 +58,8 @@ pub struct ReloadReport {
     pub unchanged: Vec<String>,
     /// Changed targets whose new settings did not produce a live pool: the old one serves on.
     pub kept_old: Vec<(String, String)>,
+    /// Targets whose access lists changed: applied in place, the generation kept.
+    pub access_changed: Vec<String>,
 }
 
 /// Which targets made it by the start-up deadline, and why the others did not.
@@ -89,26 +82,38 @@ fn describe(source: &Source) -> String {
     }
 }
 
-/// Whether two target configurations are the same. Passwords never differ here (only the
-/// development source has one, and `Debug` redacts it), so Debug output is a faithful key.
-fn same_config(a: &Target, b: &Target) -> bool {
-    format!("{a:?}") == format!("{b:?}")
+/// Whether two target configurations need the same pool: everything but the access lists,
+/// which apply in place. Passwords never differ here (only the development source has one,
+/// and `Debug` redacts it), so Debug output is a faithful key.
+fn same_pool(a: &Target, b: &Target) -> bool {
+    let without_access = |t: &Target| {
+        let mut t = t.clone();
+        t.access = Default::default();
+        format!("{t:?}")
+    };
+    without_access(a) == without_access(b)
 }
 
 impl Engine {
     /// Starts a rotator per target; each begins with its start-up rotation.
     pub fn start(config: &Config) -> Engine {
-        let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        let targets = config
+        let registry = Registry::new();
+        let targets: Vec<Running> = config
             .targets
             .iter()
-            .map(|t| Running::start(t, &events))
+            .map(|t| Running::start(t, &registry))
             .collect();
+        registry.publish(targets.iter().map(|r| r.runtime.clone()).collect());
         Engine {
             targets: RwLock::new(targets),
-            events,
+            registry,
             retired: tokio::sync::Mutex::new(JoinSet::new()),
         }
+    }
+
+    /// The handles front ends hold.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Running>> {
@@ -116,16 +121,13 @@ impl Engine {
     }
 
     /// The targets now.
-    pub fn targets(&self) -> Vec<Arc<TargetRuntime>> {
-        self.read().iter().map(|r| r.runtime.clone()).collect()
+    pub fn targets(&self) -> Vec<Arc<TargetHandle>> {
+        self.registry.all().to_vec()
     }
 
     /// A target by name.
-    pub fn target(&self, name: &str) -> Option<Arc<TargetRuntime>> {
-        self.read()
-            .iter()
-            .find(|r| r.runtime.name() == name)
-            .map(|r| r.runtime.clone())
+    pub fn target(&self, name: &str) -> Option<Arc<TargetHandle>> {
+        self.registry.get(name)
     }
 
     /// Applies a new configuration: added targets start, removed ones drain and stop, changed
@@ -143,12 +145,18 @@ impl Engine {
             match old.iter().find(|(n, _)| *n == t.name) {
                 None => {
                     report.added.push(t.name.clone());
-                    starting.push(Running::start(t, &self.events));
+                    starting.push(Running::start(t, &self.registry));
                 }
-                Some((_, was)) if same_config(was, t) => report.unchanged.push(t.name.clone()),
+                Some((_, was)) if same_pool(was, t) => {
+                    if was.access != t.access {
+                        self.apply_in_place(t);
+                        report.access_changed.push(t.name.clone());
+                    }
+                    report.unchanged.push(t.name.clone());
+                }
                 Some(_) => {
                     report.changed.push(t.name.clone());
-                    starting.push(Running::start(t, &self.events));
+                    starting.push(Running::start(t, &self.registry));
                 }
             }
         }
@@ -208,6 +216,8 @@ impl Engine {
                     .position(|t| t.name == r.runtime.name())
                     .unwrap_or(usize::MAX)
             });
+            self.registry
+                .publish(targets.iter().map(|r| r.runtime.clone()).collect());
         }
         let mut retired = self.retired.lock().await;
         for r in out {
@@ -221,12 +231,13 @@ impl Engine {
         report
     }
 
-    /// The source kind of a target (`aws`, `vault`, `file`, `development`), for metrics.
-    pub fn source_kind(&self, name: &str) -> &'static str {
-        self.read()
-            .iter()
-            .find(|r| r.runtime.name() == name)
-            .map_or("unknown", |r| r.config.source.kind())
+    /// Takes new access lists for a running target without touching its pool.
+    fn apply_in_place(&self, config: &Target) {
+        let mut targets = self.targets.write().expect("never poisoned");
+        if let Some(r) = targets.iter_mut().find(|r| r.runtime.name() == config.name) {
+            r.runtime.update_settings(config);
+            r.config = config.clone();
+        }
     }
 
     /// Whether every rotator task is running (for the systemd watchdog).
@@ -246,9 +257,7 @@ impl Engine {
                     .unwrap_or_default();
                 match s.reason {
                     Some(r) if s.state != TargetState::Ready => {
-                        let mut r = r;
-                        r.truncate(120);
-                        format!("{}: {gen}{} ({r})", s.name, s.state.as_str())
+                        format!("{}: {gen}{} ({})", s.name, s.state.as_str(), clip(&r, 120))
                     }
                     _ => format!("{}: {gen}{}", s.name, s.state.as_str()),
                 }
@@ -259,7 +268,7 @@ impl Engine {
 
     /// Rotation, state and drain events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+        self.registry.subscribe()
     }
 
     /// Waits until every target has a live generation, or `timeout`.
@@ -278,9 +287,7 @@ impl Engine {
             } else {
                 let status = t.status();
                 let why = match status.last_rotation.map(|r| r.outcome) {
-                    Some(Outcome::Failed { step, error }) => {
-                        format!("{} failed: {error}", step.as_str())
-                    }
+                    Some(Outcome::Failed(error)) => error.to_string(),
                     _ => match status.state {
                         TargetState::Starting => format!("still starting after {timeout:?}"),
                         _ => status.reason.unwrap_or_else(|| "no live generation".into()),
@@ -297,12 +304,36 @@ impl Engine {
     pub async fn shutdown(&self) {
         let tasks: Vec<JoinHandle<()>> = {
             let mut targets = self.targets.write().expect("never poisoned");
-            targets.drain(..).filter_map(Running::retire).collect()
+            let tasks = targets.drain(..).filter_map(Running::retire).collect();
+            self.registry.publish(Vec::new());
+            tasks
         };
         for t in tasks {
             let _ = t.await;
         }
         let mut retired = self.retired.lock().await;
         while retired.join_next().await.is_some() {}
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary (a status line must never panic
+/// on a localized message).
+fn clip(text: &str, max: usize) -> &str {
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        let text = format!("{}é and more", "x".repeat(119));
+        assert_eq!(clip(&text, 120), "x".repeat(119));
+        assert_eq!(clip("short", 120), "short");
     }
 }

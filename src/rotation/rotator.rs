@@ -13,14 +13,16 @@ use tokio::time::Instant;
 
 use super::breaker::Breaker;
 use super::drain::retire;
-use super::generation::{application_name, Generation};
-use super::status::{EventKind, TargetState};
-use super::target::{Command, TargetRuntime};
-use super::{Outcome, RotationReport, Step, StepTiming, Trigger};
 use crate::config::{Source, Target};
 use crate::dsn::{ConnInfo, Host};
 use crate::pool::{BuildOptions, PoolError, VerifiedPool};
 use crate::secret::{self, Credentials, SecretError, SecretSource, Stage};
+use crate::targets::generation::{application_name, Generation};
+use crate::targets::handle::Command;
+use crate::targets::{
+    EventKind, FailureCause, Outcome, RotationError, RotationReport, Step, StepTiming,
+    TargetHandle, TargetState, Trigger,
+};
 
 /// Outer deadline of one fetch (each source also has its own request timeout).
 const FETCH_DEADLINE: Duration = Duration::from_secs(60);
@@ -48,7 +50,7 @@ impl Pending {
 }
 
 pub(crate) struct Rotator {
-    target: Arc<TargetRuntime>,
+    target: Arc<TargetHandle>,
     cfg: Target,
     source: Option<Arc<dyn SecretSource>>,
     commands: mpsc::Receiver<Command>,
@@ -113,7 +115,7 @@ fn failed_step(e: &PoolError) -> Step {
 
 impl Rotator {
     pub(crate) fn new(
-        target: Arc<TargetRuntime>,
+        target: Arc<TargetHandle>,
         cfg: Target,
         commands: mpsc::Receiver<Command>,
         shutdown: watch::Receiver<bool>,
@@ -173,17 +175,13 @@ impl Rotator {
 
     pub(crate) async fn run(mut self) {
         /// Marks the rotator dead when it returns or panics.
-        struct Alive(Arc<TargetRuntime>);
+        struct Alive(Arc<TargetHandle>);
         impl Drop for Alive {
             fn drop(&mut self) {
-                self.0
-                    .alive
-                    .store(false, std::sync::atomic::Ordering::Release);
+                self.0.set_alive(false);
             }
         }
-        self.target
-            .alive
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.target.set_alive(true);
         let _alive = Alive(self.target.clone());
         loop {
             if let Some(gate) = self.gate() {
@@ -242,6 +240,7 @@ impl Rotator {
                 current,
                 self.cfg.drain_timeout,
                 revoke,
+                self.shutdown.clone(),
             ));
         }
         while self.drains.join_next().await.is_some() {}
@@ -263,13 +262,12 @@ impl Rotator {
         Ok(s)
     }
 
-    async fn fetch(&mut self, stage: Stage) -> Result<Credentials, String> {
+    async fn fetch(&mut self, stage: Stage) -> Result<Credentials, FailureCause> {
         if !self.breaker.allow() {
-            return Err(format!(
-                "circuit breaker open: the secret store failed {} times in a row; next probe in {:.1}s",
-                self.cfg.breaker.failures,
-                self.breaker.wait().as_secs_f64()
-            ));
+            return Err(FailureCause::BreakerOpen {
+                failures: self.cfg.breaker.failures,
+                retry_in: self.breaker.wait(),
+            });
         }
         let result = match self.source().await {
             Ok(source) => match tokio::time::timeout(FETCH_DEADLINE, source.fetch(stage)).await {
@@ -293,7 +291,7 @@ impl Rotator {
                 } else {
                     self.breaker.success();
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -335,11 +333,11 @@ impl Rotator {
         });
         let mut creds = match self.fetch(Stage::Current).await {
             Ok(c) => c,
-            Err(error) => {
-                return Outcome::Failed {
+            Err(cause) => {
+                return Outcome::Failed(RotationError {
                     step: Step::Fetch,
-                    error,
-                }
+                    cause,
+                })
             }
         };
         let current = self.target.current();
@@ -386,10 +384,10 @@ impl Rotator {
         let pool = match VerifiedPool::build(&conn, &self.cfg.pool, &creds, options).await {
             Ok(p) => p,
             Err(e) => {
-                return Outcome::Failed {
+                return Outcome::Failed(RotationError {
                     step: failed_step(&e),
-                    error: e.to_string(),
-                }
+                    cause: e.into(),
+                })
             }
         };
         self.target.emit(EventKind::Step {
@@ -465,6 +463,7 @@ impl Rotator {
                 old,
                 self.cfg.drain_timeout,
                 revoke,
+                self.shutdown.clone(),
             ));
         }
         Outcome::Swapped { generation: id }
@@ -491,7 +490,7 @@ impl Rotator {
                 .map_or(0.0, |s| s.duration.as_secs_f64() * 1000.0)
         };
         let (state, reason, error) = match &report.outcome {
-            Outcome::Failed { step, error } => {
+            Outcome::Failed(failure) => {
                 self.failures += 1;
                 let cap = self.cfg.retry.max.min(
                     self.cfg
@@ -504,9 +503,12 @@ impl Rotator {
                     .max(Duration::from_millis(10));
                 let wait = backoff.max(self.breaker.wait());
                 self.retry_at = Some(Instant::now() + wait);
-                tracing::warn!(target_name = %name, trigger = %report.trigger, step = ?step, error = %error, retry_in_ms = wait.as_millis() as u64, "rotation failed; the live generation keeps serving");
-                let reason = format!("{} failed: {error}", step.as_str());
-                (TargetState::Degraded, Some(reason), Some(error.clone()))
+                tracing::warn!(target_name = %name, trigger = %report.trigger, step = failure.step.as_str(), error = %failure.cause, retry_in_ms = wait.as_millis() as u64, "rotation failed; the live generation keeps serving");
+                (
+                    TargetState::Degraded,
+                    Some(failure.to_string()),
+                    Some(failure.cause.to_string()),
+                )
             }
             Outcome::Swapped { generation } => {
                 self.failures = 0;
@@ -529,25 +531,24 @@ impl Rotator {
         } else {
             (state, reason)
         };
-        {
-            let mut s = self.target.shared();
-            s.last_rotation = Some(report.clone());
-            s.last_error = error.or_else(|| {
-                if state == TargetState::Ready {
-                    None
-                } else {
-                    s.last_error.clone()
-                }
-            });
-            s.breaker = self.breaker.state();
-            let next = [Some(self.refresh_at), self.lease_at, self.retry_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("the refresh timer is always set");
-            s.next_fetch_at =
-                Some(SystemTime::now() + next.saturating_duration_since(Instant::now()));
-        }
+        let error = error.or_else(|| {
+            if state == TargetState::Ready {
+                None
+            } else {
+                self.target.last_error()
+            }
+        });
+        let next = [Some(self.refresh_at), self.lease_at, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the refresh timer is always set");
+        self.target.record_rotation(
+            report,
+            error,
+            self.breaker.state(),
+            SystemTime::now() + next.saturating_duration_since(Instant::now()),
+        );
         self.target.set_state(state, reason);
         self.target
             .emit(EventKind::RotationFinished(report.clone()));

@@ -8,44 +8,10 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
-use serde::{Deserialize, Serialize};
 
 use super::payload::{self, KeyNames};
 use super::{BoxFuture, Credentials, SecretError, SecretSource, Stage};
-use crate::config::duration;
-use crate::secret::file::{default_password_key, default_username_key};
-
-/// `source = { kind = "aws", ... }`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsSourceConfig {
-    /// Name or ARN of the secret.
-    pub secret_id: String,
-    /// Region; default from the standard chain (`AWS_REGION`, profile).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Another endpoint (a VPC endpoint, or a local emulator).
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// The stage that holds the credentials in use.
-    #[serde(default = "default_stage")]
-    pub version_stage: String,
-    #[serde(default = "default_username_key")]
-    pub username_key: String,
-    #[serde(default = "default_password_key")]
-    pub password_key: String,
-    /// Deadline for one request, retries included.
-    #[serde(default = "default_timeout", with = "duration")]
-    pub timeout: Duration,
-}
-
-fn default_stage() -> String {
-    "AWSCURRENT".into()
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
+pub use crate::config::sources::AwsSourceConfig;
 
 /// Credentials from Secrets Manager.
 #[derive(Debug)]

@@ -11,46 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::dev::content_version;
 use super::payload::{self, KeyNames};
 use super::{BoxFuture, Credentials, SecretError, SecretSource, Stage};
+pub use crate::config::sources::{FileFormat, FileSourceConfig};
 
 /// How often the file is checked for a change.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// The text format of a credentials file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    /// JSON if the content starts with `{`, else `KEY=VALUE`.
-    #[default]
-    Auto,
-    Json,
-    Env,
-}
-
-/// `source = { kind = "file", ... }`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// Absolute, or relative to `$CREDENTIALS_DIRECTORY`.
-    pub path: PathBuf,
-    #[serde(default)]
-    pub format: FileFormat,
-    #[serde(default = "default_username_key")]
-    pub username_key: String,
-    #[serde(default = "default_password_key")]
-    pub password_key: String,
-}
-
-pub(crate) fn default_username_key() -> String {
-    "username".into()
-}
-pub(crate) fn default_password_key() -> String {
-    "password".into()
-}
 
 /// Identity of the file on disk: any change to it means "read again".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,22 +9,24 @@ pub mod payload;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::api::error::ApiError;
-use crate::api::ratelimit::RateLimiter;
-use crate::api::routes::Body;
-use crate::config::{Target, WebhookConfig};
-use crate::rotation::{Engine, Trigger};
+use crate::config::WebhookConfig;
+use crate::http::{serve_conn, ApiError, Body};
+use crate::listen::accept::{self, ConnLimits, Gate};
+use crate::listen::ratelimit::RateLimiter;
+use crate::listen::{SocketGuard, SocketSpec, TcpConn, UnixConn};
+use crate::shutdown::{self, Shutdown};
+use crate::targets::{Registry, Trigger};
 use auth::{Verdict, Verifier, SIGNATURE_HEADER};
 
 /// Largest webhook body.
@@ -52,8 +54,7 @@ pub enum ClientAddr {
 }
 
 struct WebhookState {
-    engine: Arc<Engine>,
-    targets: Vec<Target>,
+    targets: Arc<Registry>,
     verifier: Verifier,
     limiter: RateLimiter<ClientAddr>,
 }
@@ -90,9 +91,11 @@ async fn rotate(
         return Err(ApiError::unauthorized());
     }
     let selectors = payload::parse(&body).map_err(ApiError::bad_request)?;
+    let targets = state.targets.all();
+    let settings: Vec<_> = targets.iter().map(|t| t.settings()).collect();
     let mut names: Vec<String> = selectors
         .iter()
-        .flat_map(|s| payload::matches(s, &state.targets))
+        .flat_map(|s| payload::matches(s, settings.iter().map(|t| t.as_ref())))
         .collect();
     names.sort();
     names.dedup();
@@ -102,7 +105,7 @@ async fn rotate(
         ));
     }
     for name in &names {
-        if let Some(t) = state.engine.target(name) {
+        if let Some(t) = state.targets.get(name) {
             t.rotate(Trigger::Webhook, false, false)
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -117,17 +120,17 @@ async fn rotate(
 
 /// A running webhook listener; `stop` ends it.
 pub struct Listener {
-    stop: watch::Sender<bool>,
+    stop: shutdown::Trigger,
     tasks: JoinSet<()>,
     /// The TCP address actually bound (with port 0, the port chosen).
     pub local_addr: Option<SocketAddr>,
-    _unix_guard: Option<crate::api::socket::SocketGuard>,
+    _unix_guard: Option<SocketGuard>,
 }
 
 impl Listener {
-    /// Stops accepting and ends open connections.
+    /// Stops accepting and ends open connections (a request in progress finishes first).
     pub async fn stop(mut self) {
-        self.stop.send_replace(true);
+        self.stop.fire();
         while self.tasks.join_next().await.is_some() {}
     }
 }
@@ -154,73 +157,45 @@ fn tls_acceptor(cfg: &WebhookConfig) -> Result<Option<tokio_rustls::TlsAcceptor>
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Serves one connection with the router, the client address attached.
-async fn serve_conn<I>(io: I, app: Router, client: ClientAddr, mut stop: watch::Receiver<bool>)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let app = app.layer(Extension(client));
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        use tower::ServiceExt;
-        app.clone().oneshot(req)
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.wait_for(|s| *s) => {}
-    }
-}
-
 /// How long a TLS client may take to finish its handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections (axum's listeners retry accept errors such as EMFILE with a pause)
-/// and serves each in its own task until `stop`; then the open ones are shut down.
-async fn accept_until_stopped<L, F, Fut>(mut listener: L, mut stop: watch::Receiver<bool>, serve: F)
-where
-    L: axum::serve::Listener,
-    F: Fn(L::Io, L::Addr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            (io, addr) = listener.accept() => {
-                conns.spawn(serve(io, addr));
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    conns.shutdown().await;
-}
+/// At stop, how long a request in progress may take to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Starts the listeners the configuration asks for.
-pub async fn start(
-    cfg: &WebhookConfig,
-    engine: Arc<Engine>,
-    targets: Vec<Target>,
-) -> Result<Listener, WebhookError> {
-    let keys = cfg
-        .hmac_key_files
-        .iter()
-        .map(|p| auth::read_secret_file(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let token = cfg
-        .token_file
-        .as_deref()
-        .map(auth::read_secret_file)
-        .transpose()?;
+/// Connections at once. Webhooks are rare, but a burst from one sender (a retry storm) must
+/// meet the rate limit's 429, not a reset; beyond these, connections get a 503.
+const LIMITS: ConnLimits = ConnLimits {
+    max_connections: 1024,
+    max_per_peer: 512,
+};
+
+/// Starts the listeners the configuration asks for. Key and certificate files are read on a
+/// blocking thread (this runs on the runtime at reload).
+pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listener, WebhookError> {
+    let files = cfg.clone();
+    let (keys, token, tls) = tokio::task::spawn_blocking(move || {
+        let keys = files
+            .hmac_key_files
+            .iter()
+            .map(|p| auth::read_secret_file(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let token = files
+            .token_file
+            .as_deref()
+            .map(auth::read_secret_file)
+            .transpose()?;
+        Ok::<_, WebhookError>((keys, token, tls_acceptor(&files)?))
+    })
+    .await
+    .map_err(|e| WebhookError::Tls(format!("reading the key files failed: {e}")))??;
     let state = Arc::new(WebhookState {
-        engine,
         targets,
         verifier: Verifier::new(keys, token, &cfg.token_header, cfg.max_skew),
         limiter: RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
     });
     let app = router(state);
-    let (stop, _) = watch::channel(false);
+    let (stop, stopped) = shutdown::channel();
     let mut tasks = JoinSet::new();
     let mut local_addr = None;
     if !cfg.listen.is_empty() {
@@ -232,49 +207,52 @@ pub async fn start(
                     source,
                 })?;
         local_addr = listener.local_addr().ok();
-        let tls = tls_acceptor(cfg)?;
-        let (app, conn_stop) = (app.clone(), stop.subscribe());
-        tasks.spawn(accept_until_stopped(
+        let (app, conn_stop) = (app.clone(), stopped.clone());
+        tasks.spawn(accept::serve_tcp(
             listener,
-            stop.subscribe(),
-            move |stream, peer| {
-                let (app, stop, tls) = (app.clone(), conn_stop.clone(), tls.clone());
-                let client = ClientAddr::Tcp(peer.ip());
-                async move {
-                    match tls {
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(
-                                TLS_HANDSHAKE_TIMEOUT,
-                                acceptor.accept(stream),
-                            )
-                            .await;
-                            if let Ok(Ok(tls_stream)) = handshake {
-                                serve_conn(tls_stream, app, client, stop).await;
-                            }
-                        }
-                        None => serve_conn(stream, app, client, stop).await,
-                    }
-                }
-            },
+            Gate::new(LIMITS),
+            stopped.clone(),
+            STOP_GRACE,
+            move |conn: TcpConn| serve_tcp_conn(conn, app.clone(), tls.clone(), conn_stop.clone()),
         ));
     }
     let mut unix_guard = None;
     if let Some(path) = &cfg.unix_socket {
-        let api = crate::config::Api {
-            socket: path.clone(),
-            ..crate::config::Api::defaults()
+        let spec = SocketSpec {
+            path: path.clone(),
+            mode: 0o660,
+            gid: None,
+            key: "webhook.unix_socket",
         };
         let (listener, guard) =
-            crate::api::socket::bind(&api).map_err(|e| WebhookError::Listen {
-                addr: path.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            tokio::task::spawn_blocking(move || crate::listen::socket::bind(&spec))
+                .await
+                .map_err(|e| WebhookError::Listen {
+                    addr: path.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|e| WebhookError::Listen {
+                    addr: path.display().to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
         unix_guard = Some(guard);
-        let (app, conn_stop) = (app.clone(), stop.subscribe());
-        tasks.spawn(accept_until_stopped(
+        let (app, conn_stop) = (app.clone(), stopped.clone());
+        tasks.spawn(accept::serve_unix(
             listener,
-            stop.subscribe(),
-            move |stream, _| serve_conn(stream, app.clone(), ClientAddr::Unix, conn_stop.clone()),
+            Gate::new(LIMITS),
+            stopped,
+            STOP_GRACE,
+            move |conn: UnixConn| {
+                let (app, stop) = (app.clone(), conn_stop.clone());
+                async move {
+                    match conn.slot {
+                        Ok(_slot) => serve_conn(conn.stream, app, ClientAddr::Unix, stop).await,
+                        Err(refused) => {
+                            crate::http::refuse(conn.stream, &refused.to_string()).await
+                        }
+                    }
+                }
+            },
         ));
     }
     Ok(Listener {
@@ -283,4 +261,32 @@ pub async fn start(
         local_addr,
         _unix_guard: unix_guard,
     })
+}
+
+/// One TCP connection: the TLS handshake (bounded) if configured, then HTTP.
+async fn serve_tcp_conn(
+    conn: TcpConn,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: Shutdown,
+) {
+    let TcpConn { stream, peer, slot } = conn;
+    if let Err(refused) = slot {
+        // Plain TCP only: a TLS client would not understand a plaintext answer.
+        if tls.is_none() {
+            crate::http::refuse(stream, &refused.to_string()).await;
+        }
+        return;
+    }
+    let client = ClientAddr::Tcp(peer.ip());
+    match tls {
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            if let Ok(Ok(tls_stream)) = handshake {
+                serve_conn(tls_stream, app, client, stop).await;
+            }
+        }
+        None => serve_conn(stream, app, client, stop).await,
+    }
 }

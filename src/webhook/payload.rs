@@ -94,9 +94,12 @@ fn secret_name(id: &str) -> &str {
 }
 
 /// The targets a selector names.
-pub fn matches(selector: &Selector, targets: &[Target]) -> Vec<String> {
+pub fn matches<'a>(
+    selector: &Selector,
+    targets: impl IntoIterator<Item = &'a Target>,
+) -> Vec<String> {
     targets
-        .iter()
+        .into_iter()
         .filter(|t| match (selector, &t.source) {
             (Selector::Target(name), _) => &t.name == name,
             (Selector::SecretId(id), Source::Aws(a)) => {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 pub struct Daemon {
     pub child: Option<Child>,
+    _owned: super::owned::Owned,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub config: PathBuf,
@@ -56,6 +57,7 @@ impl Daemon {
             .spawn()
             .expect("credswap run starts");
         let mut d = Daemon {
+            _owned: super::owned::record(child.id(), "credswap"),
             child: Some(child),
             dir,
             socket,

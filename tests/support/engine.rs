@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use credswap::config::{Config, Source, Target};
 use credswap::dsn::ConnInfo;
-use credswap::rotation::{Engine, Event, EventKind, Outcome, TargetRuntime};
+use credswap::rotation::Engine;
+use credswap::targets::{Event, EventKind, Outcome, TargetHandle};
 use tokio::sync::{broadcast, watch};
 
 use super::pg::{pki, Cluster};
@@ -48,7 +49,7 @@ pub struct LoadResult {
 }
 
 /// Runs `SELECT 1`-style queries through the target's current generation until `stop`.
-pub async fn load(target: Arc<TargetRuntime>, mut stop: watch::Receiver<bool>) -> LoadResult {
+pub async fn load(target: Arc<TargetHandle>, mut stop: watch::Receiver<bool>) -> LoadResult {
     let mut result = LoadResult::default();
     while !*stop.borrow() {
         let outcome = async {

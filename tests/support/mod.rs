@@ -8,6 +8,7 @@ pub mod engine;
 pub mod faultproxy;
 pub mod logs;
 pub mod openapi;
+pub mod owned;
 pub mod pg;
 pub mod pki;
 pub mod servers;

@@ -3,8 +3,8 @@
 //! `initdb` runs once per cache into a template (it refuses root, so as the `postgres` user when
 //! we are root); each cluster copies the template, writes its own `postgresql.conf` and
 //! `pg_hba.conf`, and starts with `pg_ctl -w`. A cluster stops when its handle is dropped, also
-//! while a test panics. `dev/test` kills clusters orphaned by a killed test process (their data
-//! directories start with `credswap-test-pg-`).
+//! while a test panics. Its postmaster is recorded ([`super::owned`]) so that `dev/test` can
+//! stop a cluster orphaned by a killed test process, and only that.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,8 @@ use super::pki::Pki;
 
 /// A running cluster.
 pub struct Cluster {
+    /// The postmaster's record; dropped after the server stops.
+    owned: Option<super::owned::Owned>,
     dir: tempfile::TempDir,
     port: u16,
     tls: bool,
@@ -220,7 +222,13 @@ impl Cluster {
                 .output()
                 .expect("pg_ctl runs");
             if out.status.success() {
-                return Cluster { dir, port, tls };
+                let owned = Some(own_postmaster(&data));
+                return Cluster {
+                    owned,
+                    dir,
+                    port,
+                    tls,
+                };
             }
             last_error = std::fs::read_to_string(&log).unwrap_or_default();
         }
@@ -322,7 +330,7 @@ impl Cluster {
     }
 
     /// Starts a stopped server again on the same port.
-    pub fn start_again(&self) {
+    pub fn start_again(&mut self) {
         run(
             {
                 let mut c = pg_command("pg_ctl");
@@ -335,12 +343,22 @@ impl Cluster {
             },
             "pg_ctl start",
         );
+        self.owned = Some(own_postmaster(&self.dir.path().join("data")));
     }
 
     /// The server log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// Records the postmaster of a started cluster (its pid is the first line of postmaster.pid).
+fn own_postmaster(data: &Path) -> super::owned::Owned {
+    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+        .expect("a started cluster has postmaster.pid");
+    super::owned::record(pid, "postgres")
 }
 
 impl Drop for Cluster {
@@ -350,5 +368,6 @@ impl Drop for Cluster {
             .arg(self.dir.path().join("data"))
             .args(["-m", "immediate", "-w", "stop"])
             .output();
+        self.owned = None;
     }
 }

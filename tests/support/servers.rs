@@ -63,6 +63,7 @@ mod probe {
 /// A moto server: AWS Secrets Manager on loopback.
 pub struct Moto {
     child: Child,
+    _owned: super::owned::Owned,
     port: u16,
 }
 
@@ -85,7 +86,12 @@ impl Moto {
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
         std::env::set_var("AWS_REGION", "us-east-1");
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        Moto { child, port }
+        let _owned = super::owned::record(child.id(), "moto_server");
+        Moto {
+            child,
+            _owned,
+            port,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -116,6 +122,7 @@ impl Moto {
             &format!("http://127.0.0.1:{}/moto-api/", self.port),
             "moto_server",
         );
+        self._owned = super::owned::record(child.id(), "moto_server");
         self.child = child;
     }
 
@@ -139,6 +146,7 @@ impl Drop for Moto {
 /// An OpenBao dev server (in-memory, unsealed, KV v2 at `secret/`).
 pub struct Bao {
     child: Child,
+    _owned: super::owned::Owned,
     port: u16,
     http: reqwest::Client,
     /// With `-dev-tls`: the directory holding its generated CA (`vault-ca.pem`).
@@ -179,6 +187,7 @@ impl Bao {
         credswap::tls::install_default_provider();
         let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
         Bao {
+            _owned: super::owned::record(child.id(), "openbao"),
             child,
             port,
             http: reqwest::Client::builder()
@@ -219,6 +228,7 @@ impl Bao {
         );
         credswap::tls::install_default_provider();
         Bao {
+            _owned: super::owned::record(child.id(), "openbao"),
             child,
             port,
             http: reqwest::Client::new(),

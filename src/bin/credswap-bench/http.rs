@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use credswap::api::stream::ReadInterestStream;
+use credswap::listen::ReadInterestStream;
 use hyper::body::Bytes;
 
 /// A response: status and whole body.

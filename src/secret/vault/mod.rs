@@ -1,7 +1,6 @@
 //! HashiCorp Vault and OpenBao: KV v1/v2, and the database secrets engine's dynamic and static
 //! roles, over token or AppRole auth (see [`session`]).
 
-pub mod config;
 pub mod http;
 pub mod session;
 
@@ -13,7 +12,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-pub use config::{VaultAuth, VaultEngine, VaultSourceConfig};
+pub use crate::config::sources::{VaultAuth, VaultEngine, VaultSourceConfig};
 pub use session::{Session, SessionStats};
 
 use http::{DataAnswer, VaultClient};

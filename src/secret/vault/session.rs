@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::config::VaultAuth;
 pub use super::http::Endpoint;
 use super::http::{AuthAnswer, DataAnswer, TokenInfo, VaultClient};
+use crate::config::sources::VaultAuth;
 use crate::secret::SecretError;
 
 /// Counters a test or status can watch.

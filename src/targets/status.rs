@@ -5,8 +5,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::breaker::BreakerState;
-use super::{RotationReport, Step};
+use super::report::{serialize_ms, RotationReport, Step, Trigger};
 
 pub(crate) fn serialize_time<S: serde::Serializer>(
     t: &SystemTime,
@@ -55,7 +54,7 @@ pub struct GenerationInfo {
     pub username: String,
     #[serde(serialize_with = "serialize_time")]
     pub built_at: SystemTime,
-    pub trigger: super::Trigger,
+    pub trigger: Trigger,
     pub tls: bool,
     #[serde(serialize_with = "serialize_opt_time")]
     pub lease_expires_at: Option<SystemTime>,
@@ -117,7 +116,7 @@ pub struct Event {
 pub enum EventKind {
     RotationStarted {
         rotation: u64,
-        trigger: super::Trigger,
+        trigger: Trigger,
     },
     RotationFinished(RotationReport),
     StateChanged {
@@ -127,7 +126,7 @@ pub enum EventKind {
     },
     DrainFinished {
         generation: u64,
-        #[serde(serialize_with = "super::serialize_ms")]
+        #[serde(serialize_with = "serialize_ms")]
         duration: std::time::Duration,
         cancelled: usize,
         lease_revoked: Option<bool>,
@@ -137,4 +136,13 @@ pub enum EventKind {
         rotation: u64,
         step: Step,
     },
+}
+
+/// The breaker's state, as status shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
 }

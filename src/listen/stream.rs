@@ -1,4 +1,4 @@
-//! The API's connections: Unix streams registered for read readiness only.
+//! Accepted Unix connections: streams registered for read readiness only.
 //!
 //! tokio registers every socket for read *and* write readiness. On a Unix stream socket the
 //! kernel signals "writable" to a socket each time its peer reads from it, so every request the
@@ -20,8 +20,6 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-
-use super::peer::PeerInfo;
 
 /// Most of a read buffer made ready for one read (safe code must zero it first, so not all of
 /// a large one). Requests are small; a large body takes a few more reads.
@@ -154,38 +152,6 @@ impl AsyncWrite for ReadInterestStream {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             done => done,
         })
-    }
-}
-
-/// The API socket for `axum::serve`: each connection comes with its peer's credentials, read
-/// once at accept.
-#[derive(Debug)]
-pub struct ApiListener(pub tokio::net::UnixListener);
-
-impl axum::serve::Listener for ApiListener {
-    type Io = ReadInterestStream;
-    type Addr = PeerInfo;
-
-    async fn accept(&mut self) -> (ReadInterestStream, PeerInfo) {
-        loop {
-            // axum's accept retries errors such as EMFILE with a pause.
-            let (stream, _) = axum::serve::Listener::accept(&mut self.0).await;
-            let peer = PeerInfo::of(&stream);
-            match ReadInterestStream::new(stream) {
-                Ok(io) => return (io, peer),
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropped an API connection: could not register it")
-                }
-            }
-        }
-    }
-
-    /// The address type is the peer's credentials; a listener has none of its own.
-    fn local_addr(&self) -> io::Result<PeerInfo> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the API listener's address is its socket path (api.socket)",
-        ))
     }
 }
 

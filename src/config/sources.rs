@@ -1,12 +1,77 @@
-//! `source = { kind = "vault", ... }`.
+//! The secret sources' settings, as written in `source = { kind = ... }`. They live here, not
+//! in secret/, so that the configuration does not depend on the code that fetches (secret/
+//! depends on config/, never the other way).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::duration;
-use crate::secret::file::{default_password_key, default_username_key};
+use super::duration;
+
+/// The text format of a credentials file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// JSON if the content starts with `{`, else `KEY=VALUE`.
+    #[default]
+    Auto,
+    Json,
+    Env,
+}
+
+/// `source = { kind = "file", ... }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Absolute, or relative to `$CREDENTIALS_DIRECTORY`.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: FileFormat,
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// `source = { kind = "aws", ... }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSourceConfig {
+    /// Name or ARN of the secret.
+    pub secret_id: String,
+    /// Region; default from the standard chain (`AWS_REGION`, profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (a VPC endpoint, or a local emulator).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// The stage that holds the credentials in use.
+    #[serde(default = "default_stage")]
+    pub version_stage: String,
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+    /// Deadline for one request, retries included.
+    #[serde(default = "default_aws_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_stage() -> String {
+    "AWSCURRENT".into()
+}
+
+fn default_aws_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 
 /// How credswap logs in to the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +165,7 @@ pub struct VaultSourceConfig {
     #[serde(default = "default_true")]
     pub revoke_on_drain: bool,
     /// Deadline for one request to the store.
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(default = "default_vault_timeout", with = "duration")]
     pub timeout: Duration,
 }
 
@@ -108,7 +173,7 @@ fn default_true() -> bool {
     true
 }
 
-pub(crate) fn default_timeout() -> Duration {
+fn default_vault_timeout() -> Duration {
     Duration::from_secs(5)
 }
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::pool::VerifiedPool;
 use crate::secret::Lease;
 
-use super::Trigger;
+use super::report::Trigger;
 
 /// The pool that serves a target, with its provenance. Never holds the password.
 #[derive(Debug)]

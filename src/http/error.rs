@@ -5,8 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::pool::PoolError;
-use crate::rotation::CheckoutError;
+use crate::targets::CheckoutError;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -110,15 +109,10 @@ impl ApiError {
 impl From<CheckoutError> for ApiError {
     fn from(e: CheckoutError) -> Self {
         match e {
-            CheckoutError::NotReady { .. } => ApiError::unavailable(e.to_string()),
-            CheckoutError::Pool(PoolError::CheckoutTimeout {
-                last_error: Some(ref cause),
-                ..
-            }) => ApiError::unavailable(format!("no connection: {cause}")),
-            CheckoutError::Pool(e @ PoolError::CheckoutTimeout { .. }) => {
-                ApiError::pool_exhausted(format!("{e}; the pool is exhausted, retry shortly"))
-            }
-            CheckoutError::Pool(e) => ApiError::unavailable(e.to_string()),
+            CheckoutError::Exhausted { .. } => ApiError::pool_exhausted(e.to_string()),
+            CheckoutError::NotReady { .. }
+            | CheckoutError::Unavailable { .. }
+            | CheckoutError::ShuttingDown { .. } => ApiError::unavailable(e.to_string()),
         }
     }
 }

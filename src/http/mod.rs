@@ -1,0 +1,81 @@
+//! HTTP plumbing the two HTTP front ends (the API and the webhook listener) share: typed JSON
+//! errors ([`error`]), the body extractor, and serving one accepted connection with a router.
+
+pub mod error;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+pub use error::ApiError;
+
+use crate::shutdown::Shutdown;
+
+/// The raw request body, with over-limit and unreadable bodies turned into JSON errors.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large("the request body is larger than the limit")
+                } else {
+                    ApiError::bad_request(format!(
+                        "could not read the request body: {}",
+                        r.body_text()
+                    ))
+                }
+            })
+    }
+}
+
+/// Serves one connection with `app` until the client closes it or `shutdown` fires; then the
+/// request in progress finishes (hyper's graceful shutdown) and the connection closes. `info`
+/// is attached to every request (read with `Extension<T>`).
+pub async fn serve_conn<I, T>(io: I, app: Router, info: T, mut shutdown: Shutdown)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            use tower::ServiceExt;
+            req.extensions_mut().insert(info.clone());
+            app.clone().oneshot(req)
+        });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = shutdown.wait() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Answers a connection over the limits with a 503 and closes it.
+pub async fn refuse<I>(mut stream: I, why: &str)
+where
+    I: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({"error": {"code": "unavailable", "message": why}}).to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
