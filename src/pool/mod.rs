@@ -184,7 +184,55 @@ impl VerifiedPool {
             connect: connected - started,
             verify: connected.elapsed(),
         };
+        Ok(Self::assemble(
+            plan,
+            settings,
+            creds,
+            options,
+            Some(client),
+            tls_in_use,
+            timings,
+        ))
+    }
 
+    /// A pool that has not proved anything and holds no connection yet: for the rotator's unit
+    /// tests, which exercise its state machine without a server.
+    #[cfg(test)]
+    pub(crate) fn unverified(
+        conn: &ConnInfo,
+        settings: &PoolSettings,
+        creds: &Credentials,
+        options: BuildOptions,
+    ) -> Result<VerifiedPool, PoolError> {
+        let plan = Arc::new(ConnectPlan::new(
+            conn.clone(),
+            tls::client_config(&conn.tls)?,
+            creds.username.clone(),
+            creds.password.clone(),
+            options.application_name.clone(),
+            settings.statement_timeout,
+            settings.connect_timeout,
+        ));
+        Ok(Self::assemble(
+            plan,
+            settings,
+            creds,
+            options,
+            None,
+            true,
+            BuildTimings::default(),
+        ))
+    }
+
+    fn assemble(
+        plan: Arc<ConnectPlan>,
+        settings: &PoolSettings,
+        creds: &Credentials,
+        options: BuildOptions,
+        first: Option<Client>,
+        tls_in_use: bool,
+        timings: BuildTimings,
+    ) -> VerifiedPool {
         let health = Arc::new(PoolHealth::default());
         let drain = Arc::new(DrainState::default());
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
@@ -206,8 +254,10 @@ impl VerifiedPool {
             });
         // The verified connection is the first one handed out; if the pool is somehow full
         // already, dropping it is harmless.
-        let _ = pool.add(ServerConn::new(client));
-        Ok(VerifiedPool {
+        if let Some(client) = first {
+            let _ = pool.add(ServerConn::new(client));
+        }
+        VerifiedPool {
             pool,
             permits: Arc::new(Semaphore::new(settings.max_size as usize)),
             waiting: AtomicU64::new(0),
@@ -220,7 +270,7 @@ impl VerifiedPool {
             checkout_timeout: settings.checkout_timeout,
             leak_threshold: settings.leak_threshold,
             timings,
-        })
+        }
     }
 
     /// A connection that is open: bb8 is not asked to test it with a round trip, but one whose

@@ -13,10 +13,10 @@ use tokio::time::Instant;
 
 use super::breaker::Breaker;
 use super::drain::retire;
-use crate::config::{Source, Target};
+use crate::config::{PoolSettings, Source, Target};
 use crate::dsn::{ConnInfo, Host};
 use crate::pool::{BuildOptions, PoolError, VerifiedPool};
-use crate::secret::{self, Credentials, SecretError, SecretSource, Stage};
+use crate::secret::{self, BoxFuture, Credentials, SecretError, SecretSource, Stage};
 use crate::targets::generation::{application_name, Generation};
 use crate::targets::handle::Command;
 use crate::targets::{
@@ -49,9 +49,38 @@ impl Pending {
     }
 }
 
+/// Builds and verifies a generation's pool. A trait so that the rotator's state machine
+/// (coalescing, gating, backoff, the breaker, the auth-failure path) is unit-tested without a
+/// server; the daemon uses [`Verifying`].
+pub(crate) trait PoolBuilder: Send + Sync {
+    fn build<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        settings: &'a PoolSettings,
+        creds: &'a Credentials,
+        options: BuildOptions,
+    ) -> BoxFuture<'a, Result<VerifiedPool, PoolError>>;
+}
+
+/// The real builder: connect over TLS, log in, check the user and the encryption.
+pub(crate) struct Verifying;
+
+impl PoolBuilder for Verifying {
+    fn build<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        settings: &'a PoolSettings,
+        creds: &'a Credentials,
+        options: BuildOptions,
+    ) -> BoxFuture<'a, Result<VerifiedPool, PoolError>> {
+        Box::pin(VerifiedPool::build(conn, settings, creds, options))
+    }
+}
+
 pub(crate) struct Rotator {
     target: Arc<TargetHandle>,
     cfg: Target,
+    builder: Arc<dyn PoolBuilder>,
     source: Option<Arc<dyn SecretSource>>,
     commands: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
@@ -121,6 +150,7 @@ impl Rotator {
         shutdown: watch::Receiver<bool>,
     ) -> Rotator {
         Rotator {
+            builder: Arc::new(Verifying),
             breaker: Breaker::new(cfg.breaker),
             refresh_at: Instant::now() + jittered(cfg.refresh_interval),
             target,
@@ -184,6 +214,10 @@ impl Rotator {
         self.target.set_alive(true);
         let _alive = Alive(self.target.clone());
         loop {
+            // Triggers that queued up while a rotation ran merge into one follow-up.
+            while let Ok(c) = self.commands.try_recv() {
+                self.push(c.trigger, c.force, c.reply);
+            }
             if let Some(gate) = self.gate() {
                 if gate <= Instant::now() {
                     let p = self.pending.take().expect("gate implies a pending trigger");
@@ -381,7 +415,11 @@ impl Rotator {
             ),
             on_auth_failure: Some(self.target.auth_failure.clone()),
         };
-        let pool = match VerifiedPool::build(&conn, &self.cfg.pool, &creds, options).await {
+        let pool = match self
+            .builder
+            .build(&conn, &self.cfg.pool, &creds, options)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 return Outcome::Failed(RotationError {
@@ -554,3 +592,7 @@ impl Rotator {
             .emit(EventKind::RotationFinished(report.clone()));
     }
 }
+
+#[cfg(test)]
+#[path = "rotator_tests.rs"]
+mod tests;
