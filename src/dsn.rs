@@ -105,9 +105,20 @@ pub struct ConnInfo {
     pub session_attrs: SessionAttrs,
 }
 
+/// Whether a connection string may carry a password: a URL with `@` after the scheme, or a
+/// `password` key.
+fn holds_credentials(input: &str) -> bool {
+    match input.split_once("://") {
+        Some((_, rest)) => rest.contains('@'),
+        None => input.to_ascii_lowercase().contains("password"),
+    }
+}
+
 /// Why a connection string was refused. Never carries a password.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DsnError {
+    #[error("the connection string holds credentials (user:password@ or password=) and could not be parsed; it is not shown here. Percent-encode special characters in the password (/ as %2F, @ as %40), or better leave it out: credentials come from the secret source")]
+    WithCredentials,
     #[error(
         "unsupported scheme \"{0}\": use postgresql:// or postgres://, or a libpq key=value string"
     )]
@@ -176,6 +187,18 @@ impl Params {
 impl ConnInfo {
     /// Parses a URL (`postgresql://`, `postgres://`) or a libpq `key=value` string.
     pub fn parse(input: &str) -> Result<ConnInfo, DsnError> {
+        Self::parse_inner(input).map_err(|e| {
+            // A string with credentials that does not parse must not be quoted back: with an
+            // unescaped `/` or `@` in a password, parts of it land in "host" or "port".
+            if holds_credentials(input) {
+                DsnError::WithCredentials
+            } else {
+                e
+            }
+        })
+    }
+
+    fn parse_inner(input: &str) -> Result<ConnInfo, DsnError> {
         let input = input.trim();
         let params = if let Some((scheme, rest)) = input.split_once("://") {
             if scheme != "postgresql" && scheme != "postgres" {
@@ -531,6 +554,29 @@ fn servers(hosts: Option<&str>, ports: Option<&str>) -> Result<Vec<Server>, DsnE
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    /// A password with an unescaped `/` or `@` makes the string unparsable; the error must not
+    /// quote any part of it.
+    #[test]
+    fn parse_errors_never_quote_credentials() {
+        for bad in [
+            "postgresql://app:pa/ss@h/db",
+            "postgresql://app:s3cr@t@h:99999/db",
+            "host=h password='s3cr port=x",
+        ] {
+            let e = ConnInfo::parse(bad).unwrap_err();
+            let text = e.to_string();
+            for part in ["pa", "ss", "s3cr", "t@h"] {
+                assert!(!text.contains(&format!("\"{part}")), "{bad}: {text}");
+            }
+            assert_eq!(e, DsnError::WithCredentials, "{bad}");
+        }
+        // Without credentials the error still names what is wrong.
+        assert!(ConnInfo::parse("postgresql://h:port/db")
+            .unwrap_err()
+            .to_string()
+            .contains("port"));
+    }
 
     #[test]
     fn url_with_everything() {

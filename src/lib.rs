@@ -14,7 +14,8 @@
 //! - [`listen`]: what every front end shares: socket files, peer credentials, read-interest
 //!   streams, the accept loop with connection limits.
 //! - [`http`]: HTTP plumbing shared by the two HTTP front ends.
-//! - [`api`], [`webhook`]: the front ends, equal neighbours on `listen` and `targets`.
+//! - [`api`], [`webhook`], [`postgres`]: the front ends (HTTP+JSON, rotation webhooks, the
+//!   PostgreSQL wire protocol), equal neighbours on `listen` and `targets`.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`service`], [`shutdown`]: the daemon's lifecycle under one shutdown signal.
 //! - [`cli`]: the command line (`run`, `status`, `rotate`, `query`, `check-config`).
@@ -29,6 +30,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+pub mod postgres;
 pub mod rotation;
 pub mod secret;
 pub mod service;

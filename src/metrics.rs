@@ -52,6 +52,34 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    target: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    target: String,
+    reason: String,
+}
+
+/// One PostgreSQL front-end session's metric handles, looked up once when it starts so the
+/// forwarding path only adds to atomics.
+#[derive(Clone, Debug)]
+pub struct SessionMetrics {
+    clients: Gauge,
+    pub to_server: Counter,
+    pub to_client: Counter,
+}
+
+impl SessionMetrics {
+    /// The session ends: one client fewer.
+    pub fn ended(&self) {
+        self.clients.dec();
+    }
+}
+
 fn seconds_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -74,6 +102,11 @@ pub struct Metrics {
     draining: Family<TargetLabel, Gauge>,
     ready: Family<TargetLabel, Gauge>,
     leaks: Family<TargetLabel, Gauge>,
+    pg_clients: Family<TargetLabel, Gauge>,
+    pg_bytes: Family<DirectionLabels, Counter>,
+    pg_ended: Family<ReasonLabels, Counter>,
+    pg_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    pg_sessions: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -100,8 +133,38 @@ impl Metrics {
             draining: Family::default(),
             ready: Family::default(),
             leaks: Family::default(),
+            pg_clients: Family::default(),
+            pg_bytes: Family::default(),
+            pg_ended: Family::default(),
+            pg_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
+            pg_sessions: Family::default(),
             registry: Registry::with_prefix("credswap"),
         };
+        m.registry.register(
+            "postgres_clients",
+            "Client connections of the PostgreSQL front end, by target",
+            m.pg_clients.clone(),
+        );
+        m.registry.register(
+            "postgres_bytes",
+            "Bytes forwarded by the PostgreSQL front end, by target and direction",
+            m.pg_bytes.clone(),
+        );
+        m.registry.register(
+            "postgres_sessions_ended",
+            "PostgreSQL front-end sessions ended, by target and reason",
+            m.pg_ended.clone(),
+        );
+        m.registry.register(
+            "postgres_server_wait_seconds",
+            "Time a PostgreSQL front-end client waited for its server connection",
+            m.pg_wait.clone(),
+        );
+        m.registry.register(
+            "postgres_server_sessions",
+            "Server sessions of the PostgreSQL front end, by generation state (live, draining)",
+            m.pg_sessions.clone(),
+        );
         m.registry.register(
             "rotations",
             "Rotations by target, trigger and result",
@@ -254,6 +317,49 @@ impl Metrics {
         }
     }
 
+    /// A PostgreSQL front-end session starts on `target`.
+    pub fn postgres_session(&self, target: &str) -> SessionMetrics {
+        let dir = |d: &str| {
+            self.pg_bytes
+                .get_or_create(&DirectionLabels {
+                    target: target.into(),
+                    direction: d.into(),
+                })
+                .clone()
+        };
+        let clients = self
+            .pg_clients
+            .get_or_create(&TargetLabel {
+                target: target.into(),
+            })
+            .clone();
+        clients.inc();
+        SessionMetrics {
+            clients,
+            to_server: dir("to_server"),
+            to_client: dir("to_client"),
+        }
+    }
+
+    /// Why a PostgreSQL front-end session ended (or was refused).
+    pub fn postgres_ended(&self, target: &str, reason: &str) {
+        self.pg_ended
+            .get_or_create(&ReasonLabels {
+                target: target.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// How long a PostgreSQL front-end client waited for its server connection.
+    pub fn postgres_wait(&self, target: &str, waited: Duration) {
+        self.pg_wait
+            .get_or_create(&TargetLabel {
+                target: target.into(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
     /// The Prometheus text exposition, with state read from the targets now.
     pub fn render(&self, targets: &crate::targets::Registry) -> String {
         for t in targets.all().iter() {
@@ -307,6 +413,24 @@ impl Metrics {
             self.leaks
                 .get_or_create(&label)
                 .set(t.current().map_or(0, |g| g.pool.health().leaks() as i64));
+            for (state, n) in [
+                ("live", status.pool.postgres_sessions as i64),
+                (
+                    "draining",
+                    status
+                        .draining
+                        .iter()
+                        .map(|d| d.postgres_sessions as i64)
+                        .sum(),
+                ),
+            ] {
+                self.pg_sessions
+                    .get_or_create(&StateLabels {
+                        target: status.name.clone(),
+                        state: state.into(),
+                    })
+                    .set(n);
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -383,7 +383,7 @@ async fn peers_and_admins() {
     let (code, _, err) = as_nobody(&["rotate", "app"]);
     assert_eq!(code, 77, "{err}");
     assert!(
-        err.contains("uid 65534 may not rotate: only api.admin_uids [0] may"),
+        err.contains("uid 65534 may not rotate: that takes an admin (api.admin_uids)"),
         "{err}"
     );
     // The refusal is logged with the peer's uid and pid.
@@ -399,6 +399,53 @@ async fn peers_and_admins() {
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["targets"].as_array().unwrap().len(), 1);
+
+    // A target that does not exist looks like one nobody may not use: no names are given away.
+    let (code, _, missing) = as_nobody(&["query", "nope", "SELECT 1"]);
+    assert_eq!(code, 77, "{missing}");
+    let (_, _, forbidden) = as_nobody(&["query", "other", "SELECT 1"]);
+    assert_eq!(
+        missing.replace("\"nope\"", "\"?\""),
+        forbidden.replace("\"other\"", "\"?\"")
+    );
+    assert!(
+        !forbidden.contains("65534]") && !forbidden.contains("[0]"),
+        "no allow-lists shown: {forbidden}"
+    );
+
+    // /v1/ready lists only nobody's target; /metrics is for admins and metrics_uids.
+    let curl = |path: &str| {
+        let out = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "nobody",
+                "--",
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(d.socket_path())
+            .arg(format!("http://credswap{path}"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ready = curl("/v1/ready");
+    let (body, code) = ready.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{ready}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    let names: Vec<&str> = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app"]);
+    let metrics = curl("/metrics");
+    assert!(metrics.ends_with("\n403"), "{metrics}");
+    assert!(!metrics.contains("credswap_"), "{metrics}");
 }
 
 #[tokio::test]
@@ -553,4 +600,227 @@ async fn socket_group_and_response_size_limit() {
     // The connection went back to the pool in a usable state.
     let (status, _, _) = d.query("app", json!({"sql": "SELECT 1"})).await;
     assert_eq!(status, 200);
+}
+
+/// `allow_gids` matches a peer by its primary gid (from `SO_PEERCRED`) and by its supplementary
+/// groups (read at accept, off the runtime); a peer in neither is refused.
+#[tokio::test]
+async fn group_allow_lists_match_primary_and_supplementary_groups() {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let config = target_toml(&db, "primary", &s, "allow_gids = [4343]")
+        + &target_toml(&db, "supplementary", &s, "allow_gids = [4444]")
+        + &target_toml(&db, "neither", &s, "allow_gids = [4545]");
+    let d = Daemon::start(&config, "socket_mode = \"0666\"").await;
+    d.wait_ready().await;
+    // uid 65534, primary gid 4343, supplementary group 4444.
+    let query = |target: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=4343", "--groups=4444", "--"])
+            .arg(support::daemon::bin())
+            .arg("--socket")
+            .arg(d.socket_path())
+            .args(["query", target, "SELECT 1"])
+            .output()
+            .expect("setpriv runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(query("primary").0, 0, "{}", query("primary").1);
+    assert_eq!(query("supplementary").0, 0, "{}", query("supplementary").1);
+    let (code, err) = query("neither");
+    assert_eq!(code, 77, "{err}");
+}
+
+/// Connections beyond `api.max_connections_per_uid` are answered 503 with the limit named and
+/// closed; a freed place is usable again.
+#[tokio::test]
+async fn connections_per_uid_are_limited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let d = Daemon::start(
+        &target_toml(&db, "app", &s, ""),
+        "max_connections_per_uid = 2",
+    )
+    .await;
+    d.wait_ready().await;
+    let held_a = tokio::net::UnixStream::connect(d.socket_path())
+        .await
+        .unwrap();
+    let held_b = tokio::net::UnixStream::connect(d.socket_path())
+        .await
+        .unwrap();
+    let mut third = tokio::net::UnixStream::connect(d.socket_path())
+        .await
+        .unwrap();
+    third
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut answer))
+        .await
+        .expect("the refusal comes at once and the connection closes")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("too many connections from this peer: the limit is 2"),
+        "{answer}"
+    );
+    drop(held_a);
+    // The freed place is taken by the next connection (the daemon notices the close first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while d.get_health().await != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::task::yield_now().await;
+    }
+    drop(held_b);
+}
+
+/// A connection that sends only part of a request head, or nothing after its last answer, is
+/// closed after `api.header_read_timeout`, freeing its descriptor.
+#[tokio::test]
+async fn unfinished_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let d = Daemon::start(
+        &target_toml(&db, "app", &s, ""),
+        "header_read_timeout = \"1s\"",
+    )
+    .await;
+    d.wait_ready().await;
+    let mut partial = tokio::net::UnixStream::connect(d.socket_path())
+        .await
+        .unwrap();
+    partial
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::UnixStream::connect(d.socket_path())
+        .await
+        .unwrap();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for (what, conn) in [
+        ("partial head", &mut partial),
+        ("idle keep-alive", &mut idle),
+    ] {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the {what} connection stayed open");
+    }
+}
+
+/// Nothing one request does to its session reaches the next caller on the same pooled
+/// connection (`max_size = 1`): settings, temporary tables, listens, transaction control, a
+/// statement cancelled at its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_gets_a_clean_session() {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let d = Daemon::start(
+        &target_toml(&db, "app", &s, "pool = { max_size = 1, min_idle = 1 }"),
+        "",
+    )
+    .await;
+    d.wait_ready().await;
+    let one = |sql: &str| json!({ "sql": sql });
+    let value = |v: &Value| v["rows"][0][0].clone();
+
+    // A plain statement keeps its connection: no reconnect, no reset.
+    let first = backend_pid(&d).await;
+    assert_eq!(
+        backend_pid(&d).await,
+        first,
+        "plain statements reuse the session"
+    );
+
+    let default_path = value(&d.query("app", one("SHOW search_path")).await.1);
+    for change in [
+        "SET search_path TO other",
+        "SELECT set_config('search_path', 'other', false)",
+    ] {
+        assert_eq!(d.query("app", one(change)).await.0, 200, "{change}");
+        let (_, v, _) = d.query("app", one("SHOW search_path")).await;
+        assert_eq!(value(&v), default_path, "after {change}");
+    }
+    assert_eq!(
+        d.query("app", one("CREATE TEMP TABLE leftover (x int)"))
+            .await
+            .0,
+        200
+    );
+    let (_, v, _) = d
+        .query("app", one("SELECT to_regclass('pg_temp.leftover') IS NULL"))
+        .await;
+    assert_eq!(value(&v), json!(true), "no temporary table left");
+    assert_eq!(d.query("app", one("LISTEN leftover")).await.0, 200);
+    let (_, v, _) = d
+        .query(
+            "app",
+            one("SELECT count(*)::int FROM pg_listening_channels()"),
+        )
+        .await;
+    assert_eq!(value(&v), json!(0), "no listen left");
+
+    // Transaction control is refused, and says where to go instead.
+    let (code, v, _) = d.query("app", one("BEGIN")).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("/batch"),
+        "{v}"
+    );
+    let (code, v, _) = d
+        .call(
+            "POST",
+            "/v1/targets/app/batch",
+            Some(json!({"statements": [{"sql": "SELECT 1"}, {"sql": "COMMIT"}]})),
+        )
+        .await;
+    assert_eq!(code, 400, "{v}");
+    // Had BEGIN run, an error would now abort the open transaction and the next statement
+    // would fail with 25P02.
+    let (code, v, _) = d.query("app", one("SELECT 1/0")).await;
+    assert_eq!(
+        (code, v["error"]["sqlstate"].as_str()),
+        (400, Some("22012"))
+    );
+    let (code, v, _) = d.query("app", one("SELECT 1")).await;
+    assert_eq!(code, 200, "not inside a transaction: {v}");
+
+    // A statement cancelled at its timeout: its connection is not handed out again.
+    let before = backend_pid(&d).await;
+    let (code, _, _) = d
+        .query(
+            "app",
+            json!({"sql": "SELECT pg_sleep(5)", "timeout_ms": 200}),
+        )
+        .await;
+    assert_eq!(code, 504);
+    assert_ne!(
+        backend_pid(&d).await,
+        before,
+        "a new session after the cancelled one"
+    );
+}
+
+async fn backend_pid(d: &Daemon) -> Value {
+    d.query("app", json!({"sql": "SELECT pg_backend_pid()"}))
+        .await
+        .1["rows"][0][0]
+        .clone()
 }

@@ -123,6 +123,7 @@ async fn setup(transport: Transport, rate: f64) -> Setup {
         max_skew: Duration::from_secs(300),
         rate_limit_per_second: rate,
         rate_limit_burst: rate as u32,
+        header_read_timeout: Duration::from_secs(10),
     };
     let mut http = reqwest::Client::builder();
     if tls {
@@ -554,4 +555,22 @@ async fn unix_socket_listener() {
     assert_eq!(s.signed(&json!({"target": "app"}), KEY1).await.0, 202);
     assert_eq!(s.post(br#"{"target":"app"}"#, &[]).await.0, 401);
     s.stop().await;
+}
+
+/// A sender that never finishes its request head loses the connection after
+/// `webhook.header_read_timeout` (10 s here) instead of holding it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_request_head_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(Transport::Tcp, 100.0).await;
+    let port = s.listener.as_ref().unwrap().local_addr.unwrap().port();
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    c.write_all(b"POST /v1/webhooks/rotate HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the half-sent request kept its connection");
 }

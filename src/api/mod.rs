@@ -7,6 +7,7 @@
 pub mod client;
 pub mod query;
 pub mod routes;
+pub mod session;
 pub mod types;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// Ends event streams when the daemon stops.
     pub shutdown: Shutdown,
+    /// Keeps refusals from flooding the log.
+    pub refusals: crate::listen::ratelimit::LogThrottle,
 }
 
 impl ApiState {
@@ -57,6 +60,7 @@ impl ApiState {
             started: Instant::now(),
             reload: None,
             shutdown,
+            refusals: Default::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, grace: Duration
         max_per_peer: state.api.max_connections_per_uid,
     });
     let shutdown = state.shutdown.clone();
+    let head_timeout = state.api.header_read_timeout;
     let app = router(state.clone());
     accept::serve_unix(
         listener,
@@ -100,7 +105,8 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, grace: Duration
                 let UnixConn { stream, peer, slot } = conn;
                 match slot {
                     Ok(_slot) => {
-                        crate::http::serve_conn(stream, app, routes::PeerInfo(peer), shutdown).await
+                        let info = routes::PeerInfo(peer);
+                        crate::http::serve_conn(stream, app, info, head_timeout, shutdown).await
                     }
                     Err(refused) => crate::http::refuse(stream, &refused.to_string()).await,
                 }

@@ -85,7 +85,7 @@ pub struct Limits {
 }
 
 /// The first keyword of the SQL, as PostgreSQL's command tag names it.
-fn command_of(sql: &str) -> String {
+pub(crate) fn command_of(sql: &str) -> String {
     let mut rest = sql.trim_start();
     loop {
         if let Some(r) = rest.strip_prefix("--") {
@@ -263,8 +263,8 @@ pub async fn run_batch(
         match run(conn, &s.sql, &s.params, s.row_format, limits).await {
             Ok(r) => results.push(r),
             Err(e) => {
-                if batch.transaction {
-                    let _ = conn.batch_execute("ROLLBACK").await;
+                if batch.transaction && conn.batch_execute("ROLLBACK").await.is_err() {
+                    conn.discard();
                 }
                 return Err((i, e));
             }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::query::{self, BatchRequest, Limits, QueryRequest};
+use super::session;
 use super::ApiState;
 use crate::config::access::Peer;
 use crate::http::{ApiError, Body};
@@ -46,28 +47,34 @@ impl ApiState {
         self.api.admin_uids.contains(&peer.uid)
     }
 
-    /// The target, if `peer` may use it.
+    /// The target, if `peer` may use it. To a peer that is not an admin, a target that does
+    /// not exist and one it may not use look the same (403, no allow-lists shown); the log says
+    /// which (throttled).
     fn authorize(&self, peer: &Peer, name: &str) -> Result<Arc<TargetHandle>, ApiError> {
-        let target = self
-            .targets
-            .get(name)
-            .ok_or_else(|| ApiError::not_found(format!("no target named \"{name}\"")))?;
-        if self.is_admin(peer) || target.allows(peer).is_some() {
-            return Ok(target);
+        let target = self.targets.get(name);
+        match &target {
+            Some(t) if self.is_admin(peer) || t.allows(peer).is_some() => {
+                return Ok(t.clone());
+            }
+            None if self.is_admin(peer) => {
+                return Err(ApiError::not_found(format!("no target named \"{name}\"")));
+            }
+            _ => {}
         }
-        let access = target.access();
-        tracing::warn!(
-            uid = peer.uid,
-            gid = peer.gid,
-            pid = peer.pid,
-            target_name = name,
-            "refused: peer not allowed to use the target"
-        );
+        if let Some(held) = self.refusals.allow() {
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                target_name = name,
+                exists = target.is_some(),
+                refusals_not_logged = held,
+                "refused: peer not allowed to use the target"
+            );
+        }
         Err(ApiError::forbidden(format!(
-            "uid {} may not use target \"{name}\": not in its allow_uids {:?} or allow_gids {:?} (nor its groups), nor in api.admin_uids",
+            "uid {} may not use target \"{name}\" (or it does not exist); an operator can add the uid or its group to the target's allow-lists",
             peer.uid,
-            access.uids,
-            access.gids,
         )))
     }
 
@@ -75,15 +82,18 @@ impl ApiState {
         if self.is_admin(peer) {
             return Ok(());
         }
-        tracing::warn!(
-            uid = peer.uid,
-            pid = peer.pid,
-            action = what,
-            "refused: not an admin"
-        );
+        if let Some(held) = self.refusals.allow() {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                action = what,
+                refusals_not_logged = held,
+                "refused: not an admin"
+            );
+        }
         Err(ApiError::forbidden(format!(
-            "uid {} may not {what}: only api.admin_uids {:?} may",
-            peer.uid, self.api.admin_uids
+            "uid {} may not {what}: that takes an admin (api.admin_uids)",
+            peer.uid
         )))
     }
 
@@ -117,11 +127,21 @@ pub async fn health(State(state): State<Arc<ApiState>>) -> Json<serde_json::Valu
     }))
 }
 
-pub async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+/// Whether every target has a live generation (for any peer: a probe's yes or no), and the
+/// state of the targets this peer may use (their reasons name stores and hosts).
+pub async fn ready(
+    State(state): State<Arc<ApiState>>,
+    Extension(info): Extension<PeerInfo>,
+) -> Response {
     let targets: Vec<_> = state
         .targets
         .all()
         .iter()
+        .filter(|t| {
+            info.0
+                .as_ref()
+                .is_some_and(|peer| state.authorize_quiet(peer, t))
+        })
         .map(|t| {
             let s = t.status();
             json!({"name": s.name, "state": s.state, "generation": s.generation.map(|g| g.id), "reason": s.reason})
@@ -184,18 +204,24 @@ pub async fn query(
     let peer = state.peer(&info)?;
     let target = state.authorize(&peer, &name)?;
     let request: QueryRequest = parse(&body)?;
+    let effect = session::effect(&request.sql)?;
     let started = Instant::now();
     let result = async {
         let conn = checkout(&state, &target).await?;
+        let mut reuse = session::Reuse::new(&conn);
         let limits = state.limits(&target, request.timeout_ms, request.max_rows);
-        query::run(
+        let result = query::run(
             &conn,
             &request.sql,
             &request.params,
             request.row_format,
             limits,
         )
-        .await
+        .await;
+        if effect == session::Effect::None && session::leaves_clean(result.as_ref().err()) {
+            reuse.keep();
+        }
+        result
     }
     .await;
     state.metrics.query(
@@ -228,24 +254,36 @@ pub async fn batch(
     if request.statements.is_empty() {
         return Err(ApiError::bad_request("statements is empty"));
     }
+    let mut effect = session::Effect::None;
+    for (i, s) in request.statements.iter().enumerate() {
+        effect = effect.max(session::effect(&s.sql).map_err(|mut e| {
+            e.message = format!("statement {i}: {}", e.message);
+            e
+        })?);
+    }
     let started = Instant::now();
     let result = async {
         let conn = checkout(&state, &target).await?;
+        let mut reuse = session::Reuse::new(&conn);
         let limits = state.limits(&target, request.timeout_ms, None);
-        query::run_batch(&conn, &request, limits)
-            .await
-            .map_err(|(i, mut e)| {
-                e.message = format!(
-                    "statement {i}: {}{}",
-                    e.message,
-                    if request.transaction {
-                        " (the transaction was rolled back)"
-                    } else {
-                        ""
-                    }
-                );
-                e
-            })
+        let result = query::run_batch(&conn, &request, limits).await;
+        if effect == session::Effect::None
+            && session::leaves_clean(result.as_ref().err().map(|(_, e)| e))
+        {
+            reuse.keep();
+        }
+        result.map_err(|(i, mut e)| {
+            e.message = format!(
+                "statement {i}: {}{}",
+                e.message,
+                if request.transaction {
+                    " (the transaction was rolled back)"
+                } else {
+                    ""
+                }
+            );
+            e
+        })
     }
     .await;
     state.metrics.query(
@@ -363,15 +401,26 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    (
+/// The Prometheus exposition, for admins and `api.metrics_uids` (it names every target).
+pub async fn metrics(
+    State(state): State<Arc<ApiState>>,
+    Extension(info): Extension<PeerInfo>,
+) -> Result<Response, ApiError> {
+    let peer = state.peer(&info)?;
+    if !state.is_admin(&peer) && !state.api.metrics_uids.contains(&peer.uid) {
+        return Err(ApiError::forbidden(format!(
+            "uid {} may not read /metrics: that takes an admin or a uid in api.metrics_uids",
+            peer.uid
+        )));
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.render(&state.targets),
     )
-        .into_response()
+        .into_response())
 }
 
 pub async fn not_found() -> ApiError {

@@ -4,13 +4,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
+/// The longest duration a setting may have: one year. Longer ones would overflow the clock
+/// arithmetic of timers (a panic) and mean nothing for a daemon.
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses a human duration; the error says what is accepted.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
             "invalid duration \"{text}\" ({e}); write it like \"250ms\", \"30s\", \"5m\" or \"1h\""
         )
-    })
+    })?;
+    if d > MAX {
+        return Err(format!(
+            "duration \"{text}\" is longer than the most a setting may be (1 year); choose a shorter one"
+        ));
+    }
+    Ok(d)
 }
 
 /// Formats a duration the way it is written in the configuration.
@@ -49,6 +59,8 @@ mod tests {
             assert_eq!(format(d), text);
         }
         assert!(parse("30").unwrap_err().contains("write it like"));
+        assert!(parse("400d").unwrap_err().contains("1 year"));
+        assert!(parse("99999999999999999999h").is_err());
         assert!(parse("soon").is_err());
     }
 }

@@ -74,6 +74,7 @@ pub fn environment_only(env: &dyn Env) -> Result<Config, ConfigErrors> {
         daemon: Default::default(),
         api: Api::defaults(),
         webhook: None,
+        postgres: None,
         targets: vec![Target::new(DEFAULT_TARGET, conn, source)],
         warnings: Vec::new(),
     })?;
@@ -88,6 +89,7 @@ fn unreachable_config() -> Config {
         daemon: Default::default(),
         api: Api::defaults(),
         webhook: None,
+        postgres: None,
         targets: vec![],
         warnings: vec![],
     }

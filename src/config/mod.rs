@@ -22,8 +22,8 @@ use secrecy::SecretString;
 pub use env::{Env, ProcessEnv, DEFAULT_TARGET};
 pub use render::render_effective;
 pub use types::{
-    ApiConfig, BreakerSettings, DaemonConfig, PoolSettings, RetrySettings, SourceConfig,
-    StartupPolicy, WebhookConfig,
+    ApiConfig, BreakerSettings, DaemonConfig, PoolMode, PoolSettings, PostgresConfig,
+    RetrySettings, SourceConfig, StartupPolicy, WebhookConfig,
 };
 
 use crate::dsn::ConnInfo;
@@ -37,6 +37,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub api: Api,
     pub webhook: Option<WebhookConfig>,
+    pub postgres: Option<Postgres>,
     pub targets: Vec<Target>,
     /// Things that work but deserve a look (printed by `check-config`, logged at start).
     pub warnings: Vec<String>,
@@ -50,6 +51,7 @@ pub struct Api {
     pub socket_group: Option<String>,
     pub socket_gid: Option<u32>,
     pub admin_uids: Vec<u32>,
+    pub metrics_uids: Vec<u32>,
     pub max_body_bytes: usize,
     pub max_rows: usize,
     pub max_response_bytes: usize,
@@ -57,6 +59,7 @@ pub struct Api {
     pub rate_limit_burst: u32,
     pub max_connections: usize,
     pub max_connections_per_uid: usize,
+    pub header_read_timeout: Duration,
 }
 
 impl Api {
@@ -69,6 +72,7 @@ impl Api {
             socket_group: None,
             socket_gid: None,
             admin_uids: d.admin_uids,
+            metrics_uids: d.metrics_uids,
             max_body_bytes: d.max_body_bytes,
             max_rows: d.max_rows,
             max_response_bytes: d.max_response_bytes,
@@ -76,8 +80,24 @@ impl Api {
             rate_limit_burst: d.rate_limit_burst,
             max_connections: d.max_connections,
             max_connections_per_uid: d.max_connections_per_uid,
+            header_read_timeout: d.header_read_timeout,
         }
     }
+}
+
+/// The PostgreSQL front end, with its socket path, mode and group resolved.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    /// `<socket_dir>/.s.PGSQL.<port>`.
+    pub socket: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub socket_mode: u32,
+    pub socket_gid: Option<u32>,
+    pub pool_mode: PoolMode,
+    pub max_client_connections: usize,
+    pub max_message_bytes: usize,
+    pub startup_timeout: Duration,
 }
 
 /// One validated target.
@@ -222,6 +242,7 @@ impl Config {
             daemon: DaemonConfig::default(),
             api: Api::defaults(),
             webhook: None,
+            postgres: None,
             targets,
             warnings: Vec::new(),
         }

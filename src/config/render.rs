@@ -13,7 +13,22 @@ struct Effective<'a> {
     api: EffectiveApi<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook: Option<&'a WebhookConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<EffectivePostgres>,
     target: Vec<EffectiveTarget<'a>>,
+}
+
+#[derive(Serialize)]
+struct EffectivePostgres {
+    socket: String,
+    socket_mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_gid: Option<u32>,
+    pool_mode: super::PoolMode,
+    max_client_connections: usize,
+    max_message_bytes: usize,
+    #[serde(with = "super::duration")]
+    startup_timeout: std::time::Duration,
 }
 
 #[derive(Serialize)]
@@ -23,6 +38,7 @@ struct EffectiveApi<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     socket_group: Option<String>,
     admin_uids: &'a [u32],
+    metrics_uids: &'a [u32],
     max_body_bytes: usize,
     max_rows: usize,
     max_response_bytes: usize,
@@ -30,6 +46,8 @@ struct EffectiveApi<'a> {
     rate_limit_burst: u32,
     max_connections: usize,
     max_connections_per_uid: usize,
+    #[serde(with = "super::duration")]
+    header_read_timeout: std::time::Duration,
 }
 
 #[derive(Serialize)]
@@ -65,11 +83,21 @@ pub fn render_effective(config: &Config) -> String {
     let effective = Effective {
         daemon: &config.daemon,
         webhook: config.webhook.as_ref(),
+        postgres: config.postgres.as_ref().map(|p| EffectivePostgres {
+            socket: p.socket.display().to_string(),
+            socket_mode: format!("{:04o}", p.socket_mode),
+            socket_gid: p.socket_gid,
+            pool_mode: p.pool_mode,
+            max_client_connections: p.max_client_connections,
+            max_message_bytes: p.max_message_bytes,
+            startup_timeout: p.startup_timeout,
+        }),
         api: EffectiveApi {
             socket: config.api.socket.display().to_string(),
             socket_mode: format!("{:04o}", config.api.socket_mode),
             socket_group: config.api.socket_group.clone(),
             admin_uids: &config.api.admin_uids,
+            metrics_uids: &config.api.metrics_uids,
             max_body_bytes: config.api.max_body_bytes,
             max_rows: config.api.max_rows,
             max_response_bytes: config.api.max_response_bytes,
@@ -77,6 +105,7 @@ pub fn render_effective(config: &Config) -> String {
             rate_limit_burst: config.api.rate_limit_burst,
             max_connections: config.api.max_connections,
             max_connections_per_uid: config.api.max_connections_per_uid,
+            header_read_timeout: config.api.header_read_timeout,
         },
         target: config
             .targets

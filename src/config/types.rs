@@ -20,6 +20,9 @@ pub struct FileConfig {
     /// The rotation webhook listener; absent means none.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// The PostgreSQL front end; absent means none.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
 }
@@ -95,11 +98,72 @@ pub struct WebhookConfig {
     /// Signed timestamps further than this from now are refused.
     #[serde(default = "default_max_skew", with = "duration")]
     pub max_skew: Duration,
+    /// A connection that sends no complete request head for this long (slow, or idle between
+    /// requests) is closed.
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
     /// Requests per second per source address.
     #[serde(default = "default_webhook_rate")]
     pub rate_limit_per_second: f64,
     #[serde(default = "default_webhook_burst")]
     pub rate_limit_burst: u32,
+}
+
+/// The PostgreSQL front end: the wire protocol on a Unix socket.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// The socket is `<socket_dir>/.s.PGSQL.<port>`, where libpq looks for `host=<socket_dir>`.
+    #[serde(default = "default_pg_socket_dir")]
+    pub socket_dir: PathBuf,
+    /// Names the socket file only (`port=` in the client's connection string).
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// File mode of the socket, octal as in `chmod`.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Group owning the socket file.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// `session`: a server connection for a client's whole session.
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// Client connections at once (a client past it gets `53300`).
+    #[serde(default = "default_pg_max_clients")]
+    pub max_client_connections: usize,
+    /// Largest protocol message forwarded, either way (larger: `08P01` and the session ends).
+    #[serde(default = "default_pg_max_message")]
+    pub max_message_bytes: usize,
+    /// How long a client may take to send its startup packet.
+    #[serde(default = "default_pg_startup_timeout", with = "duration")]
+    pub startup_timeout: Duration,
+}
+
+/// How client sessions map to server connections.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection for the client's whole session.
+    #[default]
+    Session,
+    /// A server connection per transaction (not built yet; refused by validation).
+    Transaction,
+}
+
+fn default_pg_socket_dir() -> PathBuf {
+    PathBuf::from("/run/credswap")
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_pg_max_clients() -> usize {
+    1000
+}
+fn default_pg_max_message() -> usize {
+    256 << 20
+}
+fn default_pg_startup_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_webhook_listen() -> String {
@@ -134,6 +198,9 @@ pub struct ApiConfig {
     /// Peers (by uid) that may rotate, reload and use every target.
     #[serde(default = "default_admin_uids")]
     pub admin_uids: Vec<u32>,
+    /// Peers (by uid) that may read `/metrics` without being admins (a Prometheus scraper).
+    #[serde(default)]
+    pub metrics_uids: Vec<u32>,
     /// Largest request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -155,6 +222,10 @@ pub struct ApiConfig {
     /// Open connections at once from one peer uid.
     #[serde(default = "default_max_connections_per_uid")]
     pub max_connections_per_uid: usize,
+    /// A connection that sends no complete request head for this long (slow, or idle between
+    /// requests) is closed.
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -164,6 +235,7 @@ impl Default for ApiConfig {
             socket_mode: default_socket_mode(),
             socket_group: None,
             admin_uids: default_admin_uids(),
+            metrics_uids: Vec::new(),
             max_body_bytes: default_max_body(),
             max_rows: default_max_rows(),
             max_response_bytes: default_max_response(),
@@ -171,10 +243,14 @@ impl Default for ApiConfig {
             rate_limit_burst: default_burst(),
             max_connections: default_max_connections(),
             max_connections_per_uid: default_max_connections_per_uid(),
+            header_read_timeout: default_header_read_timeout(),
         }
     }
 }
 
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_max_connections() -> usize {
     1024
 }

@@ -123,30 +123,93 @@ pub fn validate(
     if let Some(w) = &webhook {
         check_webhook(w, &mut c);
     }
+    let postgres = raw.postgres.as_ref().map(|p| validate_postgres(p, &mut c));
     c.finish(Config {
         file: file.map(Path::to_path_buf),
         daemon: raw.daemon.clone(),
         webhook,
+        postgres,
         api,
         targets,
         warnings: Vec::new(),
     })
 }
 
-fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
-    let mode = match u32::from_str_radix(raw.api.socket_mode.trim_start_matches("0o"), 8) {
+fn socket_mode(text: &str, key: &str, c: &mut Collector<'_>) -> u32 {
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
         Ok(m) if m <= 0o777 => m,
         _ => {
             c.error(
-                "api.socket_mode".into(),
-                format!(
-                    "\"{}\" is not a file mode; fix: write it in octal as for chmod, e.g. \"0660\"",
-                    raw.api.socket_mode
-                ),
+                key.into(),
+                format!("\"{text}\" is not a file mode; fix: write it in octal as for chmod, e.g. \"0660\""),
             );
             0o660
         }
-    };
+    }
+}
+
+fn socket_group(group: Option<&String>, key: &str, c: &mut Collector<'_>) -> Option<u32> {
+    group.and_then(|g| {
+        let gid = super::access::group_id(g);
+        if gid.is_none() {
+            c.error(
+                key.into(),
+                format!("group \"{g}\" does not exist on this host; fix: create it (sysusers.d) or remove socket_group"),
+            );
+        }
+        gid
+    })
+}
+
+fn validate_postgres(p: &super::PostgresConfig, c: &mut Collector<'_>) -> super::Postgres {
+    if !p.socket_dir.is_absolute() {
+        c.error(
+            "postgres.socket_dir".into(),
+            format!(
+                "\"{}\" is a relative path; fix: give an absolute directory such as /run/credswap",
+                p.socket_dir.display()
+            ),
+        );
+    }
+    if p.pool_mode == super::PoolMode::Transaction {
+        c.error(
+            "postgres.pool_mode".into(),
+            "\"transaction\" is not available yet; fix: use \"session\" (the default)",
+        );
+    }
+    if p.max_client_connections == 0 {
+        c.error(
+            "postgres.max_client_connections".into(),
+            "must be more than zero",
+        );
+    }
+    if p.max_message_bytes < 8192 {
+        c.error(
+            "postgres.max_message_bytes".into(),
+            "must be at least 8192 (PostgreSQL's own messages need that much)",
+        );
+    }
+    if p.startup_timeout.is_zero() {
+        c.error(
+            "postgres.startup_timeout".into(),
+            "must be more than zero; e.g. \"10s\"",
+        );
+    }
+    super::Postgres {
+        socket: p.socket_dir.join(format!(".s.PGSQL.{}", p.port)),
+        socket_dir: p.socket_dir.clone(),
+        port: p.port,
+        socket_mode: socket_mode(&p.socket_mode, "postgres.socket_mode", c),
+        socket_gid: socket_group(p.socket_group.as_ref(), "postgres.socket_group", c),
+        pool_mode: p.pool_mode,
+        max_client_connections: p.max_client_connections,
+        max_message_bytes: p.max_message_bytes,
+        startup_timeout: p.startup_timeout,
+    }
+}
+
+fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
+    let mode = socket_mode(&raw.api.socket_mode, "api.socket_mode", c);
     if !raw.api.socket.is_absolute() {
         c.error(
             "api.socket".into(),
@@ -156,20 +219,11 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
             ),
         );
     }
-    let socket_gid = raw.api.socket_group.as_ref().and_then(|g| {
-        let gid = super::access::group_id(g);
-        if gid.is_none() {
-            c.error(
-                "api.socket_group".into(),
-                format!("group \"{g}\" does not exist on this host; fix: create it (sysusers.d) or remove socket_group"),
-            );
-        }
-        gid
-    });
-    if raw.api.max_body_bytes == 0 || raw.api.max_rows == 0 || raw.api.max_response_bytes == 0 {
+    let socket_gid = socket_group(raw.api.socket_group.as_ref(), "api.socket_group", c);
+    if raw.api.header_read_timeout.is_zero() {
         c.error(
-            "api".into(),
-            "max_body_bytes, max_rows and max_response_bytes must be more than zero",
+            "api.header_read_timeout".into(),
+            "must be more than zero (a connection that never sends a request must not hold its place forever); e.g. \"10s\"",
         );
     }
     if raw.api.max_connections == 0 || raw.api.max_connections_per_uid == 0 {
@@ -190,6 +244,7 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
         socket_group: raw.api.socket_group.clone(),
         socket_gid,
         admin_uids: raw.api.admin_uids.clone(),
+        metrics_uids: raw.api.metrics_uids.clone(),
         max_body_bytes: raw.api.max_body_bytes,
         max_rows: raw.api.max_rows,
         max_response_bytes: raw.api.max_response_bytes,
@@ -197,6 +252,7 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
         rate_limit_burst: raw.api.rate_limit_burst.max(1),
         max_connections: raw.api.max_connections,
         max_connections_per_uid: raw.api.max_connections_per_uid,
+        header_read_timeout: raw.api.header_read_timeout,
     }
 }
 
@@ -499,6 +555,12 @@ fn check_access(t: &TargetConfig, at: &str, c: &mut Collector<'_>) -> super::acc
 }
 
 fn check_webhook(w: &super::WebhookConfig, c: &mut Collector<'_>) {
+    if w.header_read_timeout.is_zero() {
+        c.error(
+            "webhook.header_read_timeout".into(),
+            "must be more than zero; e.g. \"10s\"",
+        );
+    }
     if w.hmac_key_files.is_empty() && w.token_file.is_none() {
         c.error(
             "webhook".into(),

@@ -39,8 +39,17 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 /// Serves one connection with `app` until the client closes it or `shutdown` fires; then the
 /// request in progress finishes (hyper's graceful shutdown) and the connection closes. `info`
 /// is attached to every request (read with `Extension<T>`).
-pub async fn serve_conn<I, T>(io: I, app: Router, info: T, mut shutdown: Shutdown)
-where
+///
+/// `head_timeout` bounds how long a request head may take to arrive. hyper starts that clock
+/// as soon as it waits for a head, so it is also the keep-alive idle timeout: a connection that
+/// sends nothing for that long, or only part of a head, is closed and its place freed.
+pub async fn serve_conn<I, T>(
+    io: I,
+    app: Router,
+    info: T,
+    head_timeout: std::time::Duration,
+    mut shutdown: Shutdown,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: Clone + Send + Sync + 'static,
 {
@@ -50,7 +59,11 @@ where
             req.extensions_mut().insert(info.clone());
             app.clone().oneshot(req)
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -52,9 +52,53 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+/// Lets a kind of log line through at most once a second, counting the ones it held back, so a
+/// flood of refused requests cannot flood the journal.
+#[derive(Debug)]
+pub struct LogThrottle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Default for LogThrottle {
+    fn default() -> Self {
+        LogThrottle {
+            state: Mutex::new((None, 0)),
+        }
+    }
+}
+
+impl LogThrottle {
+    /// `Some(n)`: log now, mentioning the `n` lines held back since the last one; `None`: skip.
+    pub fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut s = self.state.lock().expect("never poisoned");
+        match s.0 {
+            Some(at) if now.duration_since(at).as_secs_f64() < 1.0 => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let held = s.1;
+                *s = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_logs_count_what_they_hold_back() {
+        let t = LogThrottle::default();
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+        *t.state.lock().unwrap() = (Some(Instant::now() - std::time::Duration::from_secs(2)), 2);
+        assert_eq!(t.allow(), Some(2));
+    }
 
     #[test]
     fn burst_then_refuse() {

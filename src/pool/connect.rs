@@ -20,6 +20,8 @@ use crate::tls::SslMode;
 pub struct ConnectPlan {
     conn: ConnInfo,
     tls: Option<MakeRustlsConnect>,
+    /// The same rustls configuration, for raw connections (the PostgreSQL front end's).
+    tls_config: Option<Arc<rustls::ClientConfig>>,
     username: String,
     password: SecretString,
     application_name: String,
@@ -46,7 +48,8 @@ impl ConnectPlan {
             ));
         }
         ConnectPlan {
-            tls: tls.map(|c| MakeRustlsConnect::new((*c).clone())),
+            tls: tls.as_ref().map(|c| MakeRustlsConnect::new((**c).clone())),
+            tls_config: tls,
             username,
             password,
             application_name,
@@ -69,6 +72,31 @@ impl ConnectPlan {
     /// The deadline for one host.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// The connection settings (hosts, database, TLS mode).
+    pub fn conn(&self) -> &ConnInfo {
+        &self.conn
+    }
+
+    /// The rustls configuration for the sslmode (`None` for `disable`).
+    pub fn tls_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls_config.as_ref()
+    }
+
+    /// The password, for a raw login (the PostgreSQL front end's server connections).
+    pub(crate) fn password(&self) -> &SecretString {
+        &self.password
+    }
+
+    /// `application_name` of the generation's sessions.
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// The `options` startup parameter (the url's, plus `statement_timeout`).
+    pub fn options(&self) -> Option<&str> {
+        self.options.as_deref()
     }
 
     /// Sends a cancel request for the statement running on the token's connection, over the

@@ -52,6 +52,9 @@ const STATEMENT_CACHE: usize = 256;
 pub struct ServerConn {
     client: Client,
     statements: Mutex<HashMap<String, Statement>>,
+    /// Cleared when the session may hold state a later caller must not see; the pool then
+    /// closes the connection instead of handing it out again.
+    reusable: AtomicBool,
 }
 
 impl ServerConn {
@@ -59,7 +62,19 @@ impl ServerConn {
         ServerConn {
             client,
             statements: Mutex::new(HashMap::new()),
+            reusable: AtomicBool::new(true),
         }
+    }
+
+    /// Marks the session as not clean (a setting changed, a transaction left open, a request
+    /// dropped mid-statement): it is closed when it comes back, never reused.
+    pub fn discard(&self) {
+        self.reusable.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the pool may hand this session to another caller.
+    pub fn is_reusable(&self) -> bool {
+        self.reusable.load(Ordering::Relaxed)
     }
 
     /// Prepares `sql` once per connection.
@@ -123,7 +138,7 @@ impl ManageConnection for Manager {
             self.drain.returned.notify_one();
             return true;
         }
-        conn.is_closed()
+        conn.is_closed() || !conn.is_reusable()
     }
 }
 

@@ -433,6 +433,12 @@ impl VerifiedPool {
         self.tls_in_use
     }
 
+    /// How this pool's connections are opened (hosts, TLS, credentials), for raw connections
+    /// of the same generation.
+    pub fn plan(&self) -> &Arc<ConnectPlan> {
+        &self.plan
+    }
+
     /// How long connecting and verifying took when the pool was built.
     pub fn timings(&self) -> BuildTimings {
         self.timings

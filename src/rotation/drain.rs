@@ -60,6 +60,29 @@ pub async fn drain(
             }
         }
     }
+    // The PostgreSQL front end's sessions on this generation keep going until the deadline (a
+    // password change does not end a session); then they end at their next idle point, never
+    // inside a transaction. The lease is revoked only once they are gone.
+    let sessions = &generation.sessions;
+    loop {
+        // Registered before the count is read, so a session leaving in between is not missed.
+        let left = sessions.left();
+        tokio::pin!(left);
+        left.as_mut().enable();
+        if sessions.open() == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            sessions.end_at_idle();
+        }
+        tokio::select! {
+            _ = &mut left => {}
+            _ = tokio::time::sleep_until(deadline), if Instant::now() < deadline => {}
+            _ = async { let _ = hurry.wait_for(|h| *h).await; }, if deadline > Instant::now() => {
+                deadline = Instant::now();
+            }
+        }
+    }
     let abandoned = pool.state().connections;
     if abandoned > 0 {
         tracing::warn!(

@@ -77,6 +77,52 @@ impl PoolBuilder for Verifying {
     }
 }
 
+/// One rotation's steps: each is announced on the event stream when it starts, and timed once
+/// when it ends. A step that fails is announced but not timed.
+struct Steps {
+    target: Arc<TargetHandle>,
+    rotation: u64,
+    timings: Vec<StepTiming>,
+    running: Option<(Step, Instant)>,
+}
+
+impl Steps {
+    fn new(target: Arc<TargetHandle>, rotation: u64) -> Steps {
+        Steps {
+            target,
+            rotation,
+            timings: Vec::new(),
+            running: None,
+        }
+    }
+
+    /// Announces `step` and starts its clock.
+    fn start(&mut self, step: Step) {
+        self.announce(step);
+        self.running = Some((step, Instant::now()));
+    }
+
+    /// Announces `step` without timing it (its time is measured elsewhere, or by its own event).
+    fn announce(&self, step: Step) {
+        self.target.emit(EventKind::Step {
+            rotation: self.rotation,
+            step,
+        });
+    }
+
+    /// Ends the running step and records its time.
+    fn end(&mut self) {
+        if let Some((step, at)) = self.running.take() {
+            self.record(step, at.elapsed());
+        }
+    }
+
+    /// Records a time measured elsewhere (connect and verify, inside the pool build).
+    fn record(&mut self, step: Step, duration: Duration) {
+        self.timings.push(StepTiming { step, duration });
+    }
+}
+
 pub(crate) struct Rotator {
     target: Arc<TargetHandle>,
     cfg: Target,
@@ -94,6 +140,8 @@ pub(crate) struct Rotator {
     lease_at: Option<Instant>,
     last_attempt: Option<Instant>,
     drains: JoinSet<()>,
+    /// The credential version the database last refused, until a build with it works.
+    refused: Option<String>,
 }
 
 fn to_instant(at: SystemTime) -> Instant {
@@ -170,6 +218,7 @@ impl Rotator {
             lease_at: None,
             last_attempt: None,
             drains: JoinSet::new(),
+            refused: None,
         }
     }
 
@@ -194,6 +243,11 @@ impl Rotator {
     /// When the pending trigger may run.
     fn gate(&self) -> Option<Instant> {
         let p = self.pending.as_ref()?;
+        // The database already refused the credentials the store has: another refusal (the
+        // pool reports one per connection attempt) waits for the backoff like any retry.
+        if p.trigger == Trigger::AuthFailure && self.refused.is_some() {
+            return Some(self.retry_at.unwrap_or_else(Instant::now));
+        }
         if matches!(p.trigger, Trigger::Startup | Trigger::AuthFailure) {
             return Some(Instant::now());
         }
@@ -240,7 +294,9 @@ impl Rotator {
                     None => break,
                 },
                 _ = auth_failure.notified() => {
-                    tracing::info!(target_name = %self.target.name(), "the live pool's credentials were refused; fetching new ones");
+                    if self.refused.is_none() {
+                        tracing::info!(target_name = %self.target.name(), "the live pool's credentials were refused; fetching new ones");
+                    }
                     self.push(Trigger::AuthFailure, false, None);
                 }
                 _ = async { source.as_ref().expect("guarded").changed().await }, if idle && source.is_some() => {
@@ -338,33 +394,23 @@ impl Rotator {
         let name = self.target.name().to_string();
         self.target
             .emit(EventKind::RotationStarted { rotation, trigger });
-        let mut steps = Vec::new();
-        let outcome = self.attempt(rotation, trigger, force, &mut steps).await;
+        let mut steps = Steps::new(self.target.clone(), rotation);
+        let outcome = self.attempt(trigger, force, &mut steps).await;
         let report = RotationReport {
             rotation,
             target: name.clone(),
             trigger,
             forced: force,
             outcome,
-            steps,
+            steps: steps.timings,
             started_at,
         };
         self.finish(&report);
         report
     }
 
-    async fn attempt(
-        &mut self,
-        rotation: u64,
-        trigger: Trigger,
-        force: bool,
-        steps: &mut Vec<StepTiming>,
-    ) -> Outcome {
-        let t = Instant::now();
-        self.target.emit(EventKind::Step {
-            rotation,
-            step: Step::Fetch,
-        });
+    async fn attempt(&mut self, trigger: Trigger, force: bool, steps: &mut Steps) -> Outcome {
+        steps.start(Step::Fetch);
         let mut creds = match self.fetch(Stage::Current).await {
             Ok(c) => c,
             Err(cause) => {
@@ -390,21 +436,18 @@ impl Rotator {
                 }
             }
         }
-        steps.push(StepTiming {
-            step: Step::Fetch,
-            duration: t.elapsed(),
-        });
-        if !force && trigger != Trigger::AuthFailure && same(&creds) {
+        steps.end();
+        // Credentials the database refused are tried again, never assumed good because the
+        // store still has the same version.
+        let refused = self.refused.as_deref() == Some(creds.version.as_str());
+        if !force && trigger != Trigger::AuthFailure && same(&creds) && !refused {
             self.schedule(&creds);
             return Outcome::Unchanged {
                 generation: current.map(|g| g.id),
             };
         }
 
-        self.target.emit(EventKind::Step {
-            rotation,
-            step: Step::Connect,
-        });
+        steps.announce(Step::Connect);
         let id = self.generations + 1;
         let conn = with_overrides(&self.cfg.conn, &creds);
         let options = BuildOptions {
@@ -420,27 +463,24 @@ impl Rotator {
             .build(&conn, &self.cfg.pool, &creds, options)
             .await
         {
-            Ok(p) => p,
+            Ok(p) => {
+                self.refused = None;
+                p
+            }
             Err(e) => {
+                if e.is_auth() {
+                    self.refused = Some(creds.version.clone());
+                }
                 return Outcome::Failed(RotationError {
                     step: failed_step(&e),
                     cause: e.into(),
-                })
+                });
             }
         };
-        self.target.emit(EventKind::Step {
-            rotation,
-            step: Step::Verify,
-        });
+        steps.announce(Step::Verify);
         let timings = pool.timings();
-        steps.push(StepTiming {
-            step: Step::Connect,
-            duration: timings.connect,
-        });
-        steps.push(StepTiming {
-            step: Step::Verify,
-            duration: timings.verify,
-        });
+        steps.record(Step::Connect, timings.connect);
+        steps.record(Step::Verify, timings.verify);
         if trigger == Trigger::AuthFailure && same(&creds) && !force {
             // The refusal was passing: the credentials work. Keep the live generation.
             self.schedule(&creds);
@@ -457,16 +497,9 @@ impl Rotator {
         });
         let want = demand.min(self.cfg.pool.max_size);
         if want > 1 {
-            self.target.emit(EventKind::Step {
-                rotation,
-                step: Step::Warm,
-            });
-            let t = Instant::now();
+            steps.start(Step::Warm);
             pool.warm(want).await;
-            steps.push(StepTiming {
-                step: Step::Warm,
-                duration: t.elapsed(),
-            });
+            steps.end();
         }
 
         let t = Instant::now();
@@ -478,23 +511,16 @@ impl Rotator {
             built_at: SystemTime::now(),
             trigger,
             lease: creds.lease.clone(),
+            sessions: Default::default(),
         });
         let old = self.target.swap(generation);
-        steps.push(StepTiming {
-            step: Step::Swap,
-            duration: t.elapsed(),
-        });
-        self.target.emit(EventKind::Step {
-            rotation,
-            step: Step::Swap,
-        });
+        // Announced once done: a client that sees "swap" can rely on the new generation.
+        steps.record(Step::Swap, t.elapsed());
+        steps.announce(Step::Swap);
         self.generations = id;
         self.schedule(&creds);
         if let Some(old) = old {
-            self.target.emit(EventKind::Step {
-                rotation,
-                step: Step::Drain,
-            });
+            steps.announce(Step::Drain);
             let revoke = self.revoker();
             self.drains.spawn(retire(
                 self.target.clone(),

@@ -376,3 +376,63 @@ async fn an_auth_failure_fetches_at_once_and_swaps_to_working_credentials() {
     assert_eq!(h.target.current().unwrap().credential_version, "v2");
     h.task.abort();
 }
+
+/// The password changed behind credswap's back (not in the store): every new connection is
+/// refused and the pool reports each refusal. The rotator backs off instead of fetching once a
+/// refusal, and the target stays degraded with the reason; it never turns ready on an
+/// unchanged version it knows is refused.
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_back_off_and_stay_degraded() {
+    let mut h = start(versioned("v1"), |c| {
+        c.min_rotation_interval = Duration::ZERO;
+        c.retry.initial = Duration::from_secs(1);
+        c.retry.max = Duration::from_secs(300);
+    });
+    h.finished().await;
+    h.builder
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The pool's background connects: a refusal every 100 ms.
+    let notify = h.target.auth_failure.clone();
+    let reporter = tokio::spawn(async move {
+        loop {
+            notify.notify_one();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut rotations = 0;
+    while Instant::now() < until {
+        let Ok(Ok(e)) = tokio::time::timeout_at(until, h.events.recv()).await else {
+            break;
+        };
+        if let EventKind::RotationFinished(r) = e.kind {
+            rotations += 1;
+            assert!(matches!(r.outcome, Outcome::Failed(_)), "{r:?}");
+            let status = h.target.status();
+            assert_eq!(status.state, TargetState::Degraded, "{status:?}");
+            assert!(
+                status
+                    .reason
+                    .as_deref()
+                    .unwrap()
+                    .contains("authentication failed"),
+                "{:?}",
+                status.reason
+            );
+        }
+    }
+    reporter.abort();
+    // Backoff doubles from 1 s (full jitter): at most about log2(60) + a few in a minute,
+    // where a retry per refusal would have been 600.
+    assert!(
+        (2..=16).contains(&rotations),
+        "{rotations} rotations in a minute of refusals"
+    );
+    assert_eq!(
+        h.target.current().unwrap().id,
+        1,
+        "the live generation keeps serving"
+    );
+    h.task.abort();
+}

@@ -135,6 +135,16 @@ impl SecretError {
     }
 }
 
+/// The longest lifetime a store's answer is believed: ten years. A store (or a man in the middle
+/// of a plaintext one) that says `u64::MAX` seconds must not make a clock addition overflow and
+/// panic; nothing real lasts longer.
+pub const MAX_STORE_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A duration in seconds from a store, capped at [`MAX_STORE_DURATION`].
+pub fn store_seconds(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_STORE_DURATION)
+}
+
 /// A boxed future, so sources can be held as `Arc<dyn SecretSource>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

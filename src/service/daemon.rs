@@ -37,6 +37,7 @@ pub struct Daemon {
     shutdown: shutdown::Trigger,
     api: Option<JoinHandle<()>>,
     api_state: Arc<ApiState>,
+    postgres: Option<(JoinHandle<()>, SocketGuard)>,
     webhooks: Option<crate::webhook::Listener>,
     recorder: JoinHandle<()>,
     watchdog: Option<JoinHandle<()>>,
@@ -57,6 +58,22 @@ impl Daemon {
         let (listener, guard) = tokio::task::spawn_blocking(move || socket::bind(&spec))
             .await
             .expect("binding the socket does not panic")?;
+        let pg_listener = match &config.postgres {
+            Some(p) => {
+                let spec = SocketSpec {
+                    path: p.socket.clone(),
+                    mode: p.socket_mode,
+                    gid: p.socket_gid,
+                    key: "postgres.socket_dir",
+                };
+                Some(
+                    tokio::task::spawn_blocking(move || socket::bind(&spec))
+                        .await
+                        .expect("binding the socket does not panic")?,
+                )
+            }
+            None => None,
+        };
         let engine = Arc::new(Engine::start(&config));
         let registry = engine.registry();
         let metrics = Arc::new(Metrics::new());
@@ -70,6 +87,24 @@ impl Daemon {
         ));
         let (shutdown, stopped) = shutdown::channel();
         let (reload_tx, reloads) = mpsc::channel(4);
+        let postgres = match (pg_listener, &config.postgres) {
+            (Some((listener, guard)), Some(settings)) => {
+                let fe = crate::postgres::Frontend::new(
+                    registry.clone(),
+                    settings.clone(),
+                    config.api.admin_uids.clone(),
+                    metrics.clone(),
+                    shutdown.subscribe(),
+                );
+                tracing::info!(socket = %settings.socket.display(), "PostgreSQL front end listening");
+                let grace = config.daemon.shutdown_timeout;
+                Some((
+                    tokio::spawn(crate::postgres::serve(listener, fe, grace)),
+                    guard,
+                ))
+            }
+            _ => None,
+        };
         let mut state = ApiState::new(&config.api, registry.clone(), metrics, stopped);
         state.reload = Some(reload_tx);
         let api_state = Arc::new(state);
@@ -99,6 +134,7 @@ impl Daemon {
             shutdown,
             api: Some(api),
             api_state,
+            postgres,
             webhooks,
             recorder,
             watchdog: None,
@@ -106,6 +142,15 @@ impl Daemon {
             reloads,
             socket: Some(guard),
         })
+    }
+
+    /// The socket files the daemon created (removed on the way out, also by a second signal).
+    pub fn socket_paths(&self) -> Vec<std::path::PathBuf> {
+        let mut paths = vec![self.config.api.socket.clone()];
+        if let Some((_, guard)) = &self.postgres {
+            paths.push(guard.path().to_path_buf());
+        }
+        paths
     }
 
     /// The configuration in force.
@@ -227,6 +272,14 @@ impl Daemon {
             if tokio::time::timeout(bound, api).await.is_err() {
                 tracing::warn!("the API did not stop in time");
             }
+        }
+        if let Some((task, guard)) = self.postgres.take() {
+            // Sessions end at their next idle point; the accept loop gives them the same time.
+            let bound = self.config.daemon.shutdown_timeout + Duration::from_secs(2);
+            if tokio::time::timeout(bound, task).await.is_err() {
+                tracing::warn!("the PostgreSQL front end did not stop in time");
+            }
+            drop(guard);
         }
         if tokio::time::timeout(ENGINE_STOP_BUDGET, self.engine.shutdown())
             .await

@@ -78,14 +78,16 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         }
     };
     // A second signal means "now" (the socket file still goes: a client must not find it).
-    let socket_path = daemon.config().api.socket.clone();
+    let sockets = daemon.socket_paths();
     let second = tokio::spawn(async move {
         tokio::select! {
             _ = sigterm.recv() => {},
             _ = sigint.recv() => {},
         }
         tracing::warn!("second signal: exiting at once");
-        let _ = std::fs::remove_file(&socket_path);
+        for s in &sockets {
+            let _ = std::fs::remove_file(s);
+        }
         std::process::exit(130);
     });
     daemon.stop().await;

@@ -1,7 +1,11 @@
 //! A generation: one verified pool and what it was built from. Requests load the current one;
 //! a swap replaces it with one atomic store.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use tokio::sync::{watch, Notify};
 
 use crate::pool::VerifiedPool;
 use crate::secret::Lease;
@@ -19,6 +23,75 @@ pub struct Generation {
     pub built_at: SystemTime,
     pub trigger: Trigger,
     pub lease: Option<Lease>,
+    /// The PostgreSQL front end's sessions on this generation.
+    pub sessions: Sessions,
+}
+
+/// The PostgreSQL front end's sessions on a generation: counted, so its drain waits for them,
+/// and told to end at their next idle point once the drain deadline has passed.
+#[derive(Debug)]
+pub struct Sessions {
+    open: AtomicUsize,
+    left: Notify,
+    end: watch::Sender<bool>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            open: AtomicUsize::new(0),
+            left: Notify::new(),
+            end: watch::channel(false).0,
+        }
+    }
+}
+
+/// A session's place on its generation; dropping it leaves.
+#[derive(Debug)]
+pub struct SessionGuard(Arc<Generation>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.sessions.left.notify_waiters();
+    }
+}
+
+impl SessionGuard {
+    /// The generation the session is on.
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.0
+    }
+}
+
+impl Sessions {
+    /// Sessions open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a session leaves (enable it, then check [`Sessions::open`]).
+    pub fn left(&self) -> tokio::sync::futures::Notified<'_> {
+        self.left.notified()
+    }
+
+    /// Tells every session to end at its next idle point.
+    pub fn end_at_idle(&self) {
+        self.end.send_replace(true);
+    }
+
+    /// Turns true when sessions should end at their next idle point.
+    pub fn ending(&self) -> watch::Receiver<bool> {
+        self.end.subscribe()
+    }
+}
+
+impl Generation {
+    /// Counts a new session on this generation.
+    pub fn join(self: &Arc<Self>) -> SessionGuard {
+        self.sessions.open.fetch_add(1, Ordering::AcqRel);
+        SessionGuard(self.clone())
+    }
 }
 
 /// `application_name` for a generation: the url's name (or `credswap/<target>`) and `/g<id>`,

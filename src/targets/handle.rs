@@ -56,6 +56,8 @@ pub struct TargetHandle {
     state_tx: watch::Sender<TargetState>,
     /// True while the target's rotator task runs (the watchdog checks it).
     alive: AtomicBool,
+    /// Places for PostgreSQL front-end sessions: `pool.max_size`, taken in arrival order.
+    session_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection of the current generation, with the generation it came from.
@@ -133,6 +135,7 @@ impl TargetHandle {
             events,
             state_tx: watch::channel(TargetState::Starting).0,
             alive: AtomicBool::new(false),
+            session_permits: Arc::new(tokio::sync::Semaphore::new(config.pool.max_size as usize)),
         });
         (target, rx)
     }
@@ -159,6 +162,16 @@ impl TargetHandle {
     /// The source kind (`aws`, `vault`, `file`, `development`), for metrics.
     pub fn source_kind(&self) -> &'static str {
         self.settings.load().source.kind()
+    }
+
+    /// The places for PostgreSQL front-end sessions (a tokio semaphore: FIFO).
+    pub fn session_permits(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.session_permits
+    }
+
+    /// Tells the rotator the live credentials were refused (a new connection failed to log in).
+    pub fn report_auth_failure(&self) {
+        self.auth_failure.notify_one();
     }
 
     /// Whether its rotator task is running.
@@ -277,6 +290,7 @@ impl TargetHandle {
                     checkout_timeouts: g.pool.health().checkout_timeouts(),
                     connect_failures: g.pool.health().connect_failures(),
                     last_connect_error: g.pool.health().last_error().map(|(_, e)| e.to_string()),
+                    postgres_sessions: g.sessions.open(),
                 }
             }
             None => PoolStats {
@@ -309,6 +323,7 @@ impl TargetHandle {
                 .map(|(id, (g, deadline))| DrainingInfo {
                     generation: *id,
                     remaining_connections: g.pool.state().connections,
+                    postgres_sessions: g.sessions.open(),
                     deadline: *deadline,
                 })
                 .collect(),

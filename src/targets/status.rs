@@ -71,6 +71,8 @@ pub struct PoolStats {
     pub checkout_timeouts: u64,
     pub connect_failures: u64,
     pub last_connect_error: Option<String>,
+    /// Sessions of the PostgreSQL front end on the live generation.
+    pub postgres_sessions: usize,
 }
 
 /// A generation being drained.
@@ -78,6 +80,8 @@ pub struct PoolStats {
 pub struct DrainingInfo {
     pub generation: u64,
     pub remaining_connections: u32,
+    /// Sessions of the PostgreSQL front end still on it.
+    pub postgres_sessions: usize,
     #[serde(serialize_with = "serialize_time")]
     pub deadline: SystemTime,
 }

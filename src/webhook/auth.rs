@@ -14,6 +14,15 @@ use sha2::Sha256;
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-credswap-signature";
 
+/// Longest signature header read: `t=<10 digits>` and a few `v1=<64 hex>`. A longer one is
+/// refused before any MAC is computed.
+pub const MAX_SIGNATURE_HEADER: usize = 512;
+
+/// Most `v1=` candidates compared (senders list two while their key rolls over). Each key's MAC
+/// is computed once, whatever the header holds, so a forged request costs at most one HMAC over
+/// the body per configured key.
+pub const MAX_CANDIDATES: usize = 4;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Why a key or token file could not be used.
@@ -162,31 +171,43 @@ impl Verifier {
     }
 
     fn check_signature(&self, header: &str, body: &[u8], now: u64) -> Verdict {
+        if header.len() > MAX_SIGNATURE_HEADER {
+            return Verdict::Refused;
+        }
         let mut timestamp = None;
         let mut candidates = Vec::new();
         for part in header.split(',') {
             match part.trim().split_once('=') {
                 Some(("t", v)) => timestamp = v.parse::<u64>().ok(),
-                Some(("v1", v)) => candidates.extend(decode_hex(v)),
+                Some(("v1", v)) if candidates.len() < MAX_CANDIDATES => {
+                    candidates.extend(decode_hex(v))
+                }
+                Some(("v1", _)) => return Verdict::Refused,
                 _ => {}
             }
         }
         let Some(t) = timestamp else {
             return Verdict::Refused;
         };
-        if t.abs_diff(now) > self.max_skew.as_secs() {
+        if t.abs_diff(now) > self.max_skew.as_secs() || candidates.is_empty() {
             return Verdict::Refused;
         }
-        let valid = candidates.iter().find(|sig| {
-            self.keys.iter().any(|key| {
+        // One MAC per key, then constant-time comparisons against the few candidates.
+        let macs: Vec<_> = self
+            .keys
+            .iter()
+            .map(|key| {
                 let mut mac =
                     HmacSha256::new_from_slice(key.expose_secret()).expect("any key length");
                 mac.update(t.to_string().as_bytes());
                 mac.update(b".");
                 mac.update(body);
-                mac.verify_slice(sig).is_ok()
+                mac.finalize().into_bytes()
             })
-        });
+            .collect();
+        let valid = candidates
+            .iter()
+            .find(|sig| macs.iter().any(|mac| same(mac.as_slice(), sig)));
         let Some(sig) = valid else {
             return Verdict::Refused;
         };
@@ -253,6 +274,29 @@ mod tests {
         );
         assert_eq!(v.check(Some("garbage"), None, body, t), Verdict::Refused);
         assert_eq!(v.check(None, None, body, t), Verdict::Refused);
+    }
+
+    /// A forged header cannot make the verifier work per candidate: an oversized header or one
+    /// with too many candidates is refused before any MAC, even when a valid signature is in it.
+    #[test]
+    fn signature_headers_are_bounded() {
+        let v = Verifier::new(
+            vec![key("k1")],
+            None,
+            "authorization",
+            Duration::from_secs(300),
+        );
+        let body = vec![b'x'; 64 * 1024];
+        let t = 1_800_000_000;
+        let good = sign(&key("k1"), t, &body);
+        let hex = good.split_once(",v1=").unwrap().1;
+        let stuffed = format!("t={t},{}v1={hex}", "v1=00,".repeat(60_000));
+        assert_eq!(v.check(Some(&stuffed), None, &body, t), Verdict::Refused);
+        let five = format!("t={t},{}v1={hex}", "v1=00,".repeat(MAX_CANDIDATES));
+        assert!(five.len() <= MAX_SIGNATURE_HEADER);
+        assert_eq!(v.check(Some(&five), None, &body, t), Verdict::Refused);
+        let rollover = format!("t={t},v1=00,v1={hex}");
+        assert_eq!(v.check(Some(&rollover), None, &body, t), Verdict::Ok);
     }
 
     #[test]

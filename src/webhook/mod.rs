@@ -195,6 +195,7 @@ pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listen
         limiter: RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
     });
     let app = router(state);
+    let head_timeout = cfg.header_read_timeout;
     let (stop, stopped) = shutdown::channel();
     let mut tasks = JoinSet::new();
     let mut local_addr = None;
@@ -213,7 +214,15 @@ pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listen
             Gate::new(LIMITS),
             stopped.clone(),
             STOP_GRACE,
-            move |conn: TcpConn| serve_tcp_conn(conn, app.clone(), tls.clone(), conn_stop.clone()),
+            move |conn: TcpConn| {
+                serve_tcp_conn(
+                    conn,
+                    app.clone(),
+                    tls.clone(),
+                    head_timeout,
+                    conn_stop.clone(),
+                )
+            },
         ));
     }
     let mut unix_guard = None;
@@ -246,7 +255,9 @@ pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listen
                 let (app, stop) = (app.clone(), conn_stop.clone());
                 async move {
                     match conn.slot {
-                        Ok(_slot) => serve_conn(conn.stream, app, ClientAddr::Unix, stop).await,
+                        Ok(_slot) => {
+                            serve_conn(conn.stream, app, ClientAddr::Unix, head_timeout, stop).await
+                        }
                         Err(refused) => {
                             crate::http::refuse(conn.stream, &refused.to_string()).await
                         }
@@ -268,6 +279,7 @@ async fn serve_tcp_conn(
     conn: TcpConn,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    head_timeout: Duration,
     stop: Shutdown,
 ) {
     let TcpConn { stream, peer, slot } = conn;
@@ -284,9 +296,9 @@ async fn serve_tcp_conn(
             let handshake =
                 tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
             if let Ok(Ok(tls_stream)) = handshake {
-                serve_conn(tls_stream, app, client, stop).await;
+                serve_conn(tls_stream, app, client, head_timeout, stop).await;
             }
         }
-        None => serve_conn(stream, app, client, stop).await,
+        None => serve_conn(stream, app, client, head_timeout, stop).await,
     }
 }

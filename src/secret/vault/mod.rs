@@ -5,7 +5,7 @@ pub mod http;
 pub mod session;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use reqwest::Method;
 use secrecy::SecretString;
@@ -161,7 +161,7 @@ impl VaultSource {
                     version: resp.lease_id.clone(),
                     lease: Some(Lease {
                         id: resp.lease_id,
-                        ttl: Duration::from_secs(resp.lease_duration),
+                        ttl: crate::secret::store_seconds(resp.lease_duration),
                         renewable: resp.renewable,
                         issued_at: SystemTime::now(),
                     }),
@@ -179,7 +179,9 @@ impl VaultSource {
                     version: format!("static:{}", resp.data.last_vault_rotation),
                     lease: None,
                     overrides: Default::default(),
-                    next_rotation: Some(SystemTime::now() + Duration::from_secs(resp.data.ttl)),
+                    next_rotation: Some(
+                        SystemTime::now() + crate::secret::store_seconds(resp.data.ttl),
+                    ),
                 })
             }
         }

@@ -131,7 +131,7 @@ impl Session {
                     .map_err(auth_failure)?;
                 (
                     client,
-                    Duration::from_secs(info.data.ttl),
+                    crate::secret::store_seconds(info.data.ttl),
                     info.data.renewable,
                 )
             }
@@ -159,7 +159,7 @@ impl Session {
                     .map_err(auth_failure)?;
                 (
                     self.anonymous.with_token(info.auth.client_token),
-                    Duration::from_secs(info.auth.lease_duration),
+                    crate::secret::store_seconds(info.auth.lease_duration),
                     info.auth.renewable,
                 )
             }
@@ -227,7 +227,7 @@ impl Session {
             .await?;
         *self.clock.lock().expect("never poisoned") = TokenClock {
             obtained: Instant::now(),
-            ttl: Duration::from_secs(info.auth.lease_duration),
+            ttl: crate::secret::store_seconds(info.auth.lease_duration),
             renewable: info.auth.renewable,
         };
         self.stats.send_modify(|s| s.renewals += 1);

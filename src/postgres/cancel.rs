@@ -1,0 +1,100 @@
+//! Cancel keys. Each client session gets a `BackendKeyData` of credswap's own; a
+//! `CancelRequest` with that key is forwarded to the server session serving the client at that
+//! moment, over the same TLS as that session's connection (never in plaintext when the session
+//! is encrypted), and only if the cancelling peer may use the session's target. Keys are linked
+//! and unlinked under one lock, so a cancel never reaches a server session after its client has
+//! gone (PgBouncer #717).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::server::{self, ServerKey};
+use crate::config::access::Peer;
+use crate::targets::TargetHandle;
+
+/// The live sessions' keys.
+#[derive(Default)]
+pub struct CancelKeys {
+    sessions: Mutex<HashMap<(i32, i32), Entry>>,
+}
+
+struct Entry {
+    target: Arc<TargetHandle>,
+    server: ServerKey,
+}
+
+/// A session's key; dropping it unlinks the key.
+pub struct Registered<'a> {
+    keys: &'a CancelKeys,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.keys
+            .sessions
+            .lock()
+            .expect("never poisoned")
+            .remove(&(self.pid, self.secret));
+    }
+}
+
+impl CancelKeys {
+    /// Issues a fresh key for a session served by `server` on `target`.
+    pub fn register(&self, target: Arc<TargetHandle>, server: ServerKey) -> Registered<'_> {
+        let mut sessions = self.sessions.lock().expect("never poisoned");
+        let (pid, secret) = loop {
+            // A positive pid, as PostgreSQL's are; the secret is the part that matters.
+            let key = (rand::random_range(1..i32::MAX), rand::random::<i32>());
+            if !sessions.contains_key(&key) {
+                break key;
+            }
+        };
+        sessions.insert((pid, secret), Entry { target, server });
+        Registered {
+            keys: self,
+            pid,
+            secret,
+        }
+    }
+
+    /// Forwards a cancel request if the key is live and `peer` may use its target (admins
+    /// may cancel anything). Says whether it was forwarded; never tells the client.
+    pub async fn cancel(&self, pid: i32, secret: i32, peer: Option<&Peer>, admins: &[u32]) -> bool {
+        let server = {
+            let sessions = self.sessions.lock().expect("never poisoned");
+            let Some(entry) = sessions.get(&(pid, secret)) else {
+                return false;
+            };
+            let allowed =
+                peer.is_some_and(|p| admins.contains(&p.uid) || entry.target.allows(p).is_some());
+            if !allowed {
+                tracing::warn!(
+                    uid = peer.map(|p| p.uid),
+                    target_name = entry.target.name(),
+                    "cancel request refused: the peer may not use the session's target"
+                );
+                return false;
+            }
+            entry.server.clone()
+        };
+        match server::cancel(&server).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not forward a cancel request");
+                false
+            }
+        }
+    }
+
+    /// Sessions with a key now.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("never poisoned").len()
+    }
+
+    /// Whether no session has a key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

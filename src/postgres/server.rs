@@ -1,0 +1,445 @@
+//! Raw server connections for the PostgreSQL front end: the generation's hosts, its sslmode
+//! through the same rustls configuration as its pool, and a login with its credentials
+//! (SCRAM-SHA-256, MD5 or cleartext, by `postgres-protocol`). What comes back is the byte stream
+//! itself, ready for forwarding, with the server's parameters and its cancel key.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend, frontend};
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::dsn::Host;
+use crate::pool::ConnectPlan;
+use crate::tls::SslMode;
+
+/// A TCP stream, encrypted or not.
+pub enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Where a session's server connection is, for cancel requests: its address, whether it used
+/// TLS (a cancel goes the same way) and the server's key for it.
+#[derive(Clone)]
+pub struct ServerKey {
+    pub addr: (String, u16),
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub pid: i32,
+    pub secret: i32,
+    pub connect_timeout: Duration,
+}
+
+/// A logged-in server connection.
+pub struct ServerConnection {
+    pub stream: ServerStream,
+    /// The server's `ParameterStatus` messages, as sent (forwarded to the client unchanged).
+    pub parameter_status: BytesMut,
+    pub key: ServerKey,
+    /// Bytes the server sent after its `ReadyForQuery` already (none, normally).
+    pub leftover: BytesMut,
+}
+
+/// Why no server connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The server refused the session: its own `ErrorResponse`, to forward as it is.
+    #[error("the server refused the session (SQLSTATE {code}): {message}")]
+    Refused {
+        code: String,
+        message: String,
+        frame: bytes::Bytes,
+    },
+    #[error("{server}: {detail}")]
+    Unreachable { server: String, detail: String },
+    #[error("{server}: the server does not support TLS, but sslmode={mode} requires it")]
+    NoTls { server: String, mode: SslMode },
+    #[error("{server}: TLS failed: {detail}")]
+    Tls { server: String, detail: String },
+    #[error("{server}: no connection within {after:?}")]
+    Timeout { server: String, after: Duration },
+    #[error(
+        "{server}: the server asked for an authentication method credswap does not use ({what})"
+    )]
+    UnsupportedAuth { server: String, what: &'static str },
+    #[error("{server}: protocol error during login: {detail}")]
+    Protocol { server: String, detail: String },
+}
+
+impl ServerError {
+    /// 28P01 / 28000: the generation's credentials were refused.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ServerError::Refused { code, .. } if code == "28P01" || code == "28000")
+    }
+}
+
+/// Opens a server connection with the plan's credentials, trying its hosts in order. `params`
+/// are the client's startup parameters to pass on (`application_name`, `options`, ...).
+pub async fn connect(
+    plan: &ConnectPlan,
+    params: &[(String, String)],
+) -> Result<ServerConnection, ServerError> {
+    let mut last = None;
+    for server in &plan.conn().servers {
+        let Host::Tcp(host) = &server.host else {
+            last = Some(ServerError::Unreachable {
+                server: server.host.to_string(),
+                detail: "the PostgreSQL front end connects over TCP only".into(),
+            });
+            continue;
+        };
+        let label = format!("{host}:{}", server.port);
+        let deadline = plan.connect_timeout();
+        let attempt = tokio::time::timeout(
+            deadline,
+            connect_host(plan, host, server.port, params, &label),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e @ ServerError::Refused { .. })) => return Err(e),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(ServerError::Timeout {
+                    server: label,
+                    after: deadline,
+                })
+            }
+        }
+    }
+    Err(last.expect("a connection string names at least one server"))
+}
+
+/// Connects to `host` and negotiates TLS as the sslmode says.
+pub async fn open(
+    host: &str,
+    port: u16,
+    mode: SslMode,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    label: &str,
+) -> Result<ServerStream, ServerError> {
+    let unreachable = |e: std::io::Error| ServerError::Unreachable {
+        server: label.to_string(),
+        detail: format!("cannot reach the server: {e}"),
+    };
+    let mut tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(unreachable)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = tls.filter(|_| mode != SslMode::Disable) else {
+        return Ok(ServerStream::Plain(tcp));
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(unreachable)?;
+    let answer = tcp.read_u8().await.map_err(unreachable)?;
+    if answer != b'S' {
+        return match mode {
+            // allow and prefer go on in plaintext when the server has no TLS.
+            SslMode::Allow | SslMode::Prefer => Ok(ServerStream::Plain(tcp)),
+            _ => Err(ServerError::NoTls {
+                server: label.to_string(),
+                mode,
+            }),
+        };
+    }
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| ServerError::Tls {
+            server: label.to_string(),
+            detail: format!("invalid server name: {e}"),
+        })?;
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ServerError::Tls {
+            server: label.to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(ServerStream::Tls(Box::new(stream)))
+}
+
+async fn connect_host(
+    plan: &ConnectPlan,
+    host: &str,
+    port: u16,
+    params: &[(String, String)],
+    label: &str,
+) -> Result<ServerConnection, ServerError> {
+    let mode = plan.conn().tls.mode;
+    let mut stream = open(host, port, mode, plan.tls_config(), label).await?;
+    let tls = matches!(stream, ServerStream::Tls(_)).then(|| {
+        plan.tls_config()
+            .expect("a TLS stream came from a TLS configuration")
+            .clone()
+    });
+    let protocol = |detail: String| ServerError::Protocol {
+        server: label.to_string(),
+        detail,
+    };
+    let io = |e: std::io::Error| ServerError::Unreachable {
+        server: label.to_string(),
+        detail: format!("connection lost during login: {e}"),
+    };
+
+    // Startup: our user and database; the client's parameters, with our options first so the
+    // client's own `-c` settings win where they overlap.
+    let mut options = plan.options().map(str::to_string);
+    let mut startup: Vec<(&str, &str)> = vec![("user", plan.username())];
+    if let Some(db) = &plan.conn().dbname {
+        startup.push(("database", db.as_str()));
+    }
+    let mut has_app_name = false;
+    for (k, v) in params {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                options = Some(match options {
+                    Some(ours) => format!("{ours} {v}"),
+                    None => v.clone(),
+                })
+            }
+            _ => {
+                has_app_name |= k == "application_name";
+                startup.push((k.as_str(), v.as_str()));
+            }
+        }
+    }
+    if !has_app_name {
+        startup.push(("application_name", plan.application_name()));
+    }
+    if let Some(o) = &options {
+        startup.push(("options", o.as_str()));
+    }
+    let mut buf = BytesMut::new();
+    frontend::startup_message(startup.iter().copied(), &mut buf)
+        .map_err(|e| protocol(e.to_string()))?;
+    stream.write_all(&buf).await.map_err(io)?;
+
+    let mut read = BytesMut::with_capacity(8192);
+    let mut scram: Option<ScramSha256> = None;
+    let mut parameter_status = BytesMut::new();
+    let mut key = None;
+    loop {
+        let (frame, message) = next_message(&mut stream, &mut read).await.map_err(io)?;
+        let message = message.map_err(|e| protocol(e.to_string()))?;
+        buf.clear();
+        match message {
+            backend::Message::AuthenticationOk => {}
+            backend::Message::AuthenticationCleartextPassword => {
+                frontend::password_message(plan.password().expose_secret().as_bytes(), &mut buf)
+                    .map_err(|e| protocol(e.to_string()))?;
+            }
+            backend::Message::AuthenticationMd5Password(body) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    plan.username().as_bytes(),
+                    plan.password().expose_secret().as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut buf)
+                    .map_err(|e| protocol(e.to_string()))?;
+            }
+            backend::Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram_offered = false;
+                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)
+                    .map_err(|e| protocol(e.to_string()))?
+                {
+                    scram_offered |= m == SCRAM_SHA_256;
+                }
+                if !scram_offered {
+                    return Err(ServerError::UnsupportedAuth {
+                        server: label.to_string(),
+                        what: "a SASL mechanism other than SCRAM-SHA-256",
+                    });
+                }
+                let s = ScramSha256::new(
+                    plan.password().expose_secret().as_bytes(),
+                    ChannelBinding::unsupported(),
+                );
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)
+                    .map_err(|e| protocol(e.to_string()))?;
+                scram = Some(s);
+            }
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol("SASL continue before SASL start".into()))?;
+                s.update(body.data()).map_err(|e| protocol(e.to_string()))?;
+                frontend::sasl_response(s.message(), &mut buf)
+                    .map_err(|e| protocol(e.to_string()))?;
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol("SASL final before SASL start".into()))?;
+                s.finish(body.data())
+                    .map_err(|e| protocol(format!("the server's SCRAM proof is wrong: {e}")))?;
+            }
+            backend::Message::AuthenticationGss
+            | backend::Message::AuthenticationSspi
+            | backend::Message::AuthenticationKerberosV5
+            | backend::Message::AuthenticationScmCredential
+            | backend::Message::AuthenticationGssContinue(_) => {
+                return Err(ServerError::UnsupportedAuth {
+                    server: label.to_string(),
+                    what: "GSSAPI, SSPI or Kerberos",
+                })
+            }
+            backend::Message::ParameterStatus(_) => parameter_status.extend_from_slice(&frame),
+            backend::Message::BackendKeyData(body) => {
+                key = Some((body.process_id(), body.secret_key()))
+            }
+            backend::Message::NoticeResponse(_) => {}
+            backend::Message::ErrorResponse(body) => {
+                let (mut code, mut message) = (String::new(), String::new());
+                let mut fields = body.fields();
+                while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+                    match f.type_() {
+                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        _ => {}
+                    }
+                }
+                return Err(ServerError::Refused {
+                    code,
+                    message,
+                    frame: frame.freeze(),
+                });
+            }
+            backend::Message::ReadyForQuery(_) => {
+                let (pid, secret) =
+                    key.ok_or_else(|| protocol("no BackendKeyData before ReadyForQuery".into()))?;
+                return Ok(ServerConnection {
+                    stream,
+                    parameter_status,
+                    key: ServerKey {
+                        addr: (host.to_string(), port),
+                        tls,
+                        pid,
+                        secret,
+                        connect_timeout: plan.connect_timeout(),
+                    },
+                    leftover: read,
+                });
+            }
+            _ => return Err(protocol("an unexpected message during login".into())),
+        }
+        if !buf.is_empty() {
+            stream.write_all(&buf).await.map_err(io)?;
+        }
+    }
+}
+
+/// The next whole message of the login phase: its bytes, and the message parsed.
+async fn next_message(
+    stream: &mut ServerStream,
+    read: &mut BytesMut,
+) -> std::io::Result<(BytesMut, std::io::Result<backend::Message>)> {
+    /// Login messages are small; a server sending more is not one.
+    const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+    loop {
+        if let Some(header) = backend::Header::parse(read)? {
+            let total = header.len() as usize + 1;
+            if total > MAX_LOGIN_MESSAGE {
+                return Err(std::io::Error::other("a login message over 1 MiB"));
+            }
+            if read.len() >= total {
+                let frame = read.split_to(total);
+                let mut copy = frame.clone();
+                let parsed = backend::Message::parse(&mut copy)
+                    .and_then(|m| m.ok_or_else(|| std::io::Error::other("incomplete message")));
+                return Ok((frame, parsed));
+            }
+        }
+        if stream.read_buf(read).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Sends a cancel request for the server session `key` names, over the same TLS it used.
+pub async fn cancel(key: &ServerKey) -> Result<(), ServerError> {
+    let label = format!("{}:{}", key.addr.0, key.addr.1);
+    let send = async {
+        let mode = if key.tls.is_some() {
+            SslMode::Require
+        } else {
+            SslMode::Disable
+        };
+        let mut stream = open(&key.addr.0, key.addr.1, mode, key.tls.as_ref(), &label).await?;
+        let mut buf = BytesMut::new();
+        frontend::cancel_request(key.pid, key.secret, &mut buf);
+        let io = |e: std::io::Error| ServerError::Unreachable {
+            server: label.clone(),
+            detail: e.to_string(),
+        };
+        stream.write_all(&buf).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        // The server closes the connection once it has read the request.
+        let mut sink = [0u8; 1];
+        let _ = stream.read(&mut sink).await;
+        Ok(())
+    };
+    match tokio::time::timeout(key.connect_timeout, send).await {
+        Ok(r) => r,
+        Err(_) => Err(ServerError::Timeout {
+            server: label,
+            after: key.connect_timeout,
+        }),
+    }
+}
+
+/// Leaves the session politely: a `Terminate` message, then the connection closes.
+pub async fn terminate(stream: &mut ServerStream) {
+    let mut buf = BytesMut::new();
+    frontend::terminate(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(buf.chunk()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

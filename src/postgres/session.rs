@@ -1,0 +1,360 @@
+//! One client connection, from its startup packet to its end. Where a PostgreSQL request goes:
+//! startup (SSL and GSS requests answered `N`, cancel requests handed to [`super::cancel`]),
+//! the peer checked against the target's allow-lists, a place among the target's sessions
+//! (`pool.max_size`, FIFO, `checkout_timeout`), a server connection of the current generation
+//! logged in with its credentials ([`super::server`]), the handshake the client expects, then
+//! [`super::forward`] until one side ends or the generation's drain deadline passes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::forward::{self, End};
+use super::server::{self, ServerError};
+use super::wire::{self, Severity, Startup, StartupError};
+use super::Frontend;
+use crate::config::access::Peer;
+use crate::listen::{ReadInterestStream, UnixConn};
+use crate::targets::TargetHandle;
+
+/// What ended a session before it began, as the client is told: SQLSTATE and message.
+struct Refusal {
+    code: &'static str,
+    message: String,
+    /// For the metric: `refused`, `no_generation`, `exhausted`, `server`, ...
+    reason: &'static str,
+}
+
+fn refusal(code: &'static str, reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+        reason,
+    }
+}
+
+/// Sends a FATAL error and closes.
+async fn fatal(stream: &mut ReadInterestStream, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    wire::error_response(&mut buf, Severity::Fatal, code, message);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = stream.write_all(&buf).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Serves one accepted connection.
+pub async fn serve(conn: UnixConn, fe: Arc<Frontend>) {
+    let UnixConn {
+        mut stream,
+        peer,
+        slot,
+    } = conn;
+    let startup = tokio::time::timeout(fe.settings.startup_timeout, startup(&mut stream)).await;
+    let (minor, params) = match startup {
+        Err(_) => {
+            fatal(
+                &mut stream,
+                "08P01",
+                &format!(
+                    "credswap: no startup packet within {:?}",
+                    fe.settings.startup_timeout
+                ),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(StartupError::Protocol { major, minor })) => {
+            let text = StartupError::Protocol { major, minor }.to_string();
+            fatal(&mut stream, "0A000", &format!("credswap: {text}")).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            fatal(&mut stream, "08P01", &format!("credswap: {e}")).await;
+            return;
+        }
+        Ok(Ok(First::Cancel { pid, secret })) => {
+            fe.cancels
+                .cancel(pid, secret, peer.as_ref(), &fe.admin_uids)
+                .await;
+            return;
+        }
+        Ok(Ok(First::Session { minor, params })) => (minor, params),
+    };
+    if let Err(refused) = &slot {
+        fatal(
+            &mut stream,
+            "53300",
+            &format!("credswap: sorry, too many clients already ({refused})"),
+        )
+        .await;
+        return;
+    }
+    let database = param(&params, "database")
+        .or_else(|| param(&params, "user"))
+        .unwrap_or_default()
+        .to_string();
+    match begin(&mut stream, &fe, peer.as_ref(), &database, minor, &params).await {
+        Ok(()) => {}
+        Err(r) => {
+            fe.metrics
+                .postgres_ended(&database_label(&fe, &database), r.reason);
+            fatal(&mut stream, r.code, &r.message).await;
+        }
+    }
+}
+
+/// The target name for metrics: only configured names become labels.
+fn database_label(fe: &Frontend, database: &str) -> String {
+    match fe.targets.get(database) {
+        Some(_) => database.to_string(),
+        None => "unknown".to_string(),
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+enum First {
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    Session {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Reads startup packets until a session or a cancel request: SSL and GSS encryption are
+/// declined (`N`), as PostgreSQL does on a socket without them; the client then goes on in
+/// the clear over the local socket.
+async fn startup(stream: &mut ReadInterestStream) -> Result<First, StartupError> {
+    let mut declined = 0;
+    loop {
+        match wire::read_startup(stream).await? {
+            Startup::Ssl | Startup::GssEnc if declined < 2 => {
+                declined += 1;
+                stream
+                    .write_all(b"N")
+                    .await
+                    .map_err(|e| StartupError::Io(e.to_string()))?;
+            }
+            Startup::Ssl | Startup::GssEnc => {
+                return Err(StartupError::Malformed(
+                    "encryption asked for again and again",
+                ))
+            }
+            Startup::Cancel { pid, secret } => return Ok(First::Cancel { pid, secret }),
+            Startup::Session { minor, params } => return Ok(First::Session { minor, params }),
+        }
+    }
+}
+
+/// Authorizes, connects upstream, greets the client and forwards; errors before the greeting
+/// are refusals for the client.
+async fn begin(
+    stream: &mut ReadInterestStream,
+    fe: &Arc<Frontend>,
+    peer: Option<&Peer>,
+    database: &str,
+    minor: u16,
+    params: &[(String, String)],
+) -> Result<(), Refusal> {
+    let target = authorize(fe, peer, database)?;
+    let name = target.name().to_string();
+    let settings = target.settings();
+
+    // A place among the target's sessions, in arrival order.
+    let waited = Instant::now();
+    let permit = tokio::time::timeout(
+        settings.pool.checkout_timeout,
+        target.session_permits().clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| {
+        refusal(
+            "53300",
+            "exhausted",
+            format!(
+                "credswap: all {} server connections of target \"{name}\" are in use (pool.max_size); none came free within {:?}",
+                settings.pool.max_size, settings.pool.checkout_timeout
+            ),
+        )
+    })?
+    .expect("the semaphore is never closed");
+
+    // The current generation, joined before connecting so its drain waits for this session.
+    let guard = loop {
+        let Some(generation) = target.current() else {
+            let reason = target
+                .status()
+                .reason
+                .unwrap_or_else(|| "its first rotation has not finished".into());
+            return Err(refusal(
+                "57P03",
+                "no_generation",
+                format!("credswap: target \"{name}\" has no live connection yet: {reason}"),
+            ));
+        };
+        let guard = generation.join();
+        if target.current().is_some_and(|now| now.id == generation.id) {
+            break guard;
+        }
+    };
+    let generation = guard.generation().clone();
+
+    // Protocol options (`_pq_.*`) stay between client and credswap; 3.x is answered with 3.0.
+    let (options, params): (Vec<_>, Vec<_>) = params
+        .iter()
+        .cloned()
+        .partition(|(k, _)| k.starts_with("_pq_."));
+    let server = server::connect(generation.pool.plan(), &params)
+        .await
+        .map_err(|e| server_refusal(&target, e));
+    fe.metrics.postgres_wait(&name, waited.elapsed());
+    let mut server = match server {
+        Ok(s) => s,
+        Err(Err(frame)) => {
+            // The server's own error (a parameter it refuses): forwarded as it is.
+            let _ = stream.write_all(&frame).await;
+            let _ = stream.shutdown().await;
+            fe.metrics.postgres_ended(&name, "server_refused");
+            return Ok(());
+        }
+        Err(Ok(r)) => return Err(r),
+    };
+
+    let key = fe.cancels.register(target.clone(), server.key.clone());
+    let mut hello = BytesMut::with_capacity(1024);
+    if minor > 0 || !options.is_empty() {
+        let unknown: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
+        wire::negotiate_protocol_version(&mut hello, &unknown);
+    }
+    wire::authentication_ok(&mut hello);
+    hello.extend_from_slice(&server.parameter_status);
+    wire::backend_key_data(&mut hello, key.pid, key.secret);
+    wire::ready_for_query(&mut hello, b'I');
+    hello.extend_from_slice(&server.leftover);
+    if stream.write_all(&hello).await.is_err() {
+        server::terminate(&mut server.stream).await;
+        return Ok(());
+    }
+    tracing::debug!(target_name = %name, generation = generation.id, uid = peer.map(|p| p.uid), "postgres session started");
+
+    let metrics = fe.metrics.postgres_session(&name);
+    let mut ending = generation.sessions.ending();
+    let mut shutdown = fe.shutdown.clone();
+    let asked = async {
+        tokio::select! {
+            _ = ending.wait_for(|e| *e) => {}
+            _ = shutdown.wait() => {}
+        }
+    };
+    let end = forward::forward(
+        stream,
+        &mut server.stream,
+        asked,
+        fe.settings.max_message_bytes,
+        &metrics.to_server,
+        &metrics.to_client,
+    )
+    .await;
+    metrics.ended();
+    let reason = match &end {
+        End::AtIdle => {
+            let text = if fe.shutdown.is_fired() {
+                "terminating connection: credswap is shutting down; reconnect when it is back"
+                    .to_string()
+            } else {
+                format!(
+                    "terminating connection: the credentials of target \"{name}\" were rotated and this session's time on the old ones is up (drain_timeout); reconnect for a session with the new ones"
+                )
+            };
+            fatal(stream, "57P01", &text).await;
+            "ended_at_idle"
+        }
+        End::ClientClosed => "client_closed",
+        End::ServerClosed => "server_closed",
+        End::Protocol(e) => {
+            fatal(
+                stream,
+                "08P01",
+                &format!("credswap: protocol violation: {e}"),
+            )
+            .await;
+            "protocol_violation"
+        }
+        End::Io(_) => "io_error",
+    };
+    server::terminate(&mut server.stream).await;
+    fe.metrics.postgres_ended(&name, reason);
+    drop(key);
+    drop(guard);
+    drop(permit);
+    tracing::debug!(target_name = %name, reason, "postgres session ended");
+    Ok(())
+}
+
+/// The target named `database`, if `peer` may use it. An unknown target and a forbidden one
+/// look the same to the client; the log says which.
+fn authorize(
+    fe: &Frontend,
+    peer: Option<&Peer>,
+    database: &str,
+) -> Result<Arc<TargetHandle>, Refusal> {
+    let target = fe.targets.get(database);
+    let allowed = match (&target, peer) {
+        (Some(t), Some(p)) => fe.admin_uids.contains(&p.uid) || t.allows(p).is_some(),
+        _ => false,
+    };
+    if allowed {
+        return Ok(target.expect("allowed implies found"));
+    }
+    let uid = peer.map_or_else(|| "unknown".to_string(), |p| p.uid.to_string());
+    if let Some(held) = fe.refusals.allow() {
+        tracing::warn!(
+            uid = %uid,
+            pid = peer.and_then(|p| p.pid),
+            database,
+            exists = target.is_some(),
+            refusals_not_logged = held,
+            "postgres: refused a peer"
+        );
+    }
+    Err(refusal(
+        "28000",
+        "refused",
+        format!("credswap: uid {uid} may not connect to database \"{database}\" (no such target, or the uid is not on its allow-lists)"),
+    ))
+}
+
+/// A failed server connection: the server's own refusal (`Err`, to forward), or ours (`Ok`).
+fn server_refusal(target: &TargetHandle, e: ServerError) -> Result<Refusal, bytes::Bytes> {
+    if e.is_auth() {
+        target.report_auth_failure();
+        return Ok(refusal(
+            "08006",
+            "server_login",
+            format!(
+                "credswap could not log in to the server of target \"{}\" with the current credentials; it is fetching new ones, retry shortly",
+                target.name()
+            ),
+        ));
+    }
+    match e {
+        ServerError::Refused { frame, .. } => Err(frame),
+        other => Ok(refusal(
+            "08006",
+            "server_unreachable",
+            format!("credswap: no server connection: {other}"),
+        )),
+    }
+}

@@ -1,0 +1,329 @@
+//! The PostgreSQL front end with real clients: psql, pgbench and tokio-postgres connect to
+//! `<socket_dir>/.s.PGSQL.5432` with no password; the daemon logs in upstream over verified TLS.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::daemon::Daemon;
+use support::pg::{pki, Cluster};
+use support::CANARY_PASSWORD;
+use tokio_postgres::NoTls;
+
+struct Setup {
+    db: Cluster,
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+}
+
+impl Setup {
+    fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A tokio-postgres session through credswap (no password, no TLS: the local socket).
+    async fn client(&self, target: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(self.socket_dir())
+            .port(5432)
+            .user("whoever")
+            .dbname(target)
+            .connect(NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+fn target(db: &Cluster, name: &str, secret: &Path, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\ndrain_timeout = \"2s\"\nmin_rotation_interval = \"0s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
+        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
+        secret.display()
+    )
+}
+
+async fn setup(extra_target: &str) -> Setup {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    db.admin()
+        .await
+        .batch_execute("GRANT ALL ON SCHEMA public TO app")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = support::credentials_file(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let config = format!(
+        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
+        dir.path().display(),
+        target(&db, "app", &secret, extra_target)
+    ) + &target(&db, "other", &secret, "allow_uids = [4242]");
+    let daemon = Daemon::start(&config, "").await;
+    daemon.wait_ready().await;
+    Setup { db, dir, daemon }
+}
+
+fn psql(dir: &Path, db: &str, sql: &str, as_user: Option<&str>) -> (i32, String, String) {
+    let mut cmd = match as_user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", "psql"]);
+            c
+        }
+        None => Command::new("psql"),
+    };
+    let out = cmd
+        .arg(format!("host={} dbname={db}", dir.display()))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("psql runs (apt-get install postgresql-client)");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_connects_without_a_password_and_follows_a_rotation() {
+    let s = setup("").await;
+    let (code, out, err) = psql(s.socket_dir(), "app", "select current_user", None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "app");
+    support::assert_no_canary("psql output", &(out + &err));
+
+    // A rotation to another role: new sessions log in with the new credentials.
+    s.db.create_role("app2", "second-password").await;
+    support::credentials_file(s.dir.path(), "app.json", "app2", "second-password");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, out, err) = psql(s.socket_dir(), "app", "select current_user", None);
+        assert_eq!(code, 0, "{err}");
+        if out.trim() == "app2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {out}:\n{}",
+            s.daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_checked_and_unknown_targets_look_forbidden() {
+    let s = setup("allow_uids = [0]").await;
+    // nobody (uid 65534) is on neither target's allow-list; root is an admin.
+    let (code, _, refused) = psql(s.socket_dir(), "app", "select 1", Some("nobody"));
+    assert_ne!(code, 0);
+    assert!(
+        refused.contains("uid 65534 may not connect to database \"app\""),
+        "{refused}"
+    );
+    let (_, _, unknown) = psql(s.socket_dir(), "nope", "select 1", Some("nobody"));
+    assert_eq!(
+        unknown.replace("\"nope\"", "\"?\""),
+        refused.replace("\"app\"", "\"?\""),
+        "an unknown target and a forbidden one look the same"
+    );
+    let err = s.client("nope").await.expect_err("refused");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("28000"),
+        "{err}"
+    );
+    assert!(s.daemon.log().contains("postgres: refused a peer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_through_the_socket_in_every_query_mode() {
+    let s = setup("pool = { max_size = 4 }").await;
+    let dir = s.socket_dir().display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("pgbench")
+            .args(["-h", &dir, "-p", "5432", "-U", "whoever"])
+            .args(args)
+            .arg("app")
+            .output()
+            .expect("pgbench runs (apt-get install postgresql-client)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pgbench {args:?}:\n{text}");
+        text
+    };
+    run(&["-i", "-s", "1", "-q"]);
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run(&["-S", "-M", mode, "-c", "4", "-j", "2", "-t", "200"]);
+        assert!(
+            out.contains("number of transactions actually processed: 800/800"),
+            "{mode}:\n{out}"
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}:\n{out}"
+        );
+    }
+    let out = run(&["-M", "prepared", "-c", "2", "-t", "50"]);
+    assert!(out.contains("100/100"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_transactions_errors_and_cancels_through_a_driver() {
+    let s = setup("").await;
+    let c = s.client("app").await.unwrap();
+    let row = c
+        .query_one("SELECT $1::int + 1, current_user", &[&41])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, &str>(1)), (42, "app"));
+
+    // An error inside a transaction: the session knows it is aborted, then rolls back.
+    c.batch_execute("CREATE TABLE t (x int PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "23505");
+    let e = c.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // A large value both ways (messages pass through without being buffered whole).
+    let big = "x".repeat(20 << 20);
+    let back: String = c
+        .query_one("SELECT $1::text", &[&big])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(back.len(), big.len());
+
+    // A cancel with credswap's key reaches the server session running the statement.
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(30)").await });
+    s.db.wait_running("SELECT pg_sleep(30)", 1).await;
+    let started = Instant::now();
+    token.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the cancel arrived")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "57014", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A parameter the server refuses: the server's own error.
+    let e = tokio_postgres::Config::new()
+        .host_path(s.socket_dir())
+        .port(5432)
+        .dbname("app")
+        .user("whoever")
+        .options("-c no_such.setting_here=1 -c statement_timeout=oops")
+        .connect(NoTls)
+        .await
+        .err()
+        .expect("refused by the server");
+    assert_eq!(e.as_db_error().unwrap().code().code(), "22023", "{e}");
+}
+
+/// After a rotation, a session on the old generation goes on until the drain deadline (2 s),
+/// then ends at its next idle point with 57P01, never inside a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_sessions_end_between_transactions_after_the_deadline() {
+    let s = setup("").await;
+    let idle = s.client("app").await.unwrap();
+    let busy = s.client("app").await.unwrap();
+    busy.batch_execute("BEGIN").await.unwrap();
+    s.db.set_password("app", "rotated-password").await;
+    support::credentials_file(s.dir.path(), "app.json", "app", "rotated-password");
+    // Once the new generation is in, new sessions get it (until then a new session may be
+    // refused: the password changed in the database before the file).
+    let rotated = Instant::now();
+    let fresh = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = match s.client("app").await {
+                Ok(c) => {
+                    let gen: String = c
+                        .query_one("SELECT current_setting('application_name')", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    if gen.ends_with("/g2") {
+                        break c;
+                    }
+                    gen
+                }
+                Err(e) => e.to_string(),
+            };
+            assert!(Instant::now() < deadline, "no rotation: {seen}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // At the deadline the idle session is ended; the one in a transaction is not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !idle.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle old session was never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        rotated.elapsed() >= Duration::from_millis(1500),
+        "ended before the 2 s deadline: {:?}",
+        rotated.elapsed()
+    );
+    assert!(
+        !busy.is_closed(),
+        "a session inside a transaction is never cut"
+    );
+    busy.query_one("SELECT 1", &[])
+        .await
+        .expect("still inside its transaction");
+    busy.batch_execute("COMMIT")
+        .await
+        .expect("the transaction ends normally");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !busy.is_closed() {
+        assert!(Instant::now() < deadline, "not ended after its transaction");
+        tokio::task::yield_now().await;
+    }
+    fresh.query_one("SELECT 1", &[]).await.unwrap();
+}
+
+/// More sessions than `pool.max_size`: the next waits for a place and gets 53300 naming the
+/// limit after `checkout_timeout`; a place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_beyond_max_size_wait_then_get_53300() {
+    let s = setup("pool = { max_size = 1, checkout_timeout = \"500ms\" }").await;
+    let first = s.client("app").await.unwrap();
+    let started = Instant::now();
+    let e = s.client("app").await.expect_err("no place");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert!(db.message().contains("max_size"), "{}", db.message());
+    // The place freed when the first client leaves is the next one's (it waits for the daemon
+    // to see the close, within checkout_timeout).
+    drop(first);
+    let next = s.client("app").await.expect("the freed place");
+    next.query_one("SELECT 1", &[]).await.unwrap();
+}
