@@ -317,3 +317,64 @@ fn credswap_config_names_the_file() {
         format!("{}: (file): cannot read the configuration file: No such file or directory (os error 2); fix: check the path, or pass --config", missing.display())
     );
 }
+
+/// Plaintext where secrets travel is flagged: a Vault address over http off the host, a webhook
+/// token accepted on a non-loopback TCP listener without TLS. Loopback is not flagged.
+#[test]
+fn plaintext_secrets_in_transit_are_warned_about() {
+    let vault = |address: &str| {
+        format!(
+            "[[target]]\nname = \"v\"\nurl = \"postgresql://db/app?sslmode=verify-full&sslrootcert=system\"\nsource = {{ kind = \"vault\", address = \"{address}\", path = \"app\" }}\n"
+        )
+    };
+    let warned = |text: &str, needle: &str| {
+        load(text)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains(needle))
+    };
+    assert!(warned(&vault("http://vault.internal:8200"), "plain http"));
+    assert!(!warned(&vault("http://127.0.0.1:8200"), "plain http"));
+    assert!(!warned(&vault("https://vault.internal:8200"), "plain http"));
+    let dir = tempfile::tempdir().unwrap();
+    let token = support::write_private(dir.path(), "token", "t0ken-value-here");
+    let hook = |listen: &str| {
+        format!(
+            "[webhook]\nlisten = \"{listen}\"\ntoken_file = \"{}\"\n{GOOD}",
+            token.display()
+        )
+    };
+    assert!(warned(&hook("0.0.0.0:9460"), "without TLS"));
+    assert!(!warned(&hook("127.0.0.1:9460"), "without TLS"));
+}
+
+/// A duration too long for the clock is refused with its key, not a panic at the first timer.
+#[test]
+fn overlong_durations_are_refused() {
+    let e = errors(&GOOD.replace("source =", "refresh_interval = \"400000d\"\nsource ="));
+    assert!(e.iter().any(|e| e.contains("1 year")), "{e:?}");
+}
+
+/// The PostgreSQL front end's table: defaults, the socket path libpq expects, and transaction
+/// mode refused until it exists.
+#[test]
+fn postgres_front_end_settings() {
+    let c = load(&format!(
+        "[postgres]\nsocket_dir = \"/run/credswap\"\n{GOOD}"
+    ))
+    .unwrap();
+    let p = c.postgres.unwrap();
+    assert_eq!(p.socket, PathBuf::from("/run/credswap/.s.PGSQL.5432"));
+    assert_eq!((p.socket_mode, p.max_client_connections), (0o660, 1000));
+    let e = errors(&format!("[postgres]\npool_mode = \"transaction\"\n{GOOD}"));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("postgres.pool_mode") && e.contains("session")),
+        "{e:?}"
+    );
+    let e = errors(&format!(
+        "[postgres]\nsocket_dir = \"run\"\nport = 6432\n{GOOD}"
+    ));
+    assert!(e.iter().any(|e| e.contains("postgres.socket_dir")), "{e:?}");
+}

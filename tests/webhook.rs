@@ -140,7 +140,9 @@ async fn setup(transport: Transport, rate: f64) -> Setup {
         cfg.unix_socket = Some(path.clone());
         http = http.unix_socket(path);
     }
-    let listener = webhook::start(&cfg, engine.registry()).await.unwrap();
+    let listener = webhook::start(&cfg, engine.registry(), Default::default())
+        .await
+        .unwrap();
     let (scheme, port) = match transport {
         Transport::Tls => ("https", listener.local_addr.unwrap().port()),
         Transport::Tcp => ("http", listener.local_addr.unwrap().port()),

@@ -185,8 +185,27 @@ pub fn apply_overrides(config: &mut Config, env: &dyn Env) -> Result<(), ConfigE
                     t.name
                 ));
             }
+            if let Source::Vault(v) = &t.source {
+                if v.address.starts_with("http://") && !super::validate::is_loopback_url(&v.address) {
+                    w.push(format!(
+                        "target \"{}\": the Vault address {} is plain http: the store's token and the credentials cross the network unencrypted; use https",
+                        t.name, v.address
+                    ));
+                }
+            }
             w
         })
         .collect();
+    if let Some(hook) = &config.webhook {
+        let plaintext_tcp = !hook.listen.is_empty()
+            && hook.tls_cert_file.is_none()
+            && !super::validate::is_loopback_addr(&hook.listen);
+        if plaintext_tcp && hook.token_file.is_some() {
+            config.warnings.push(format!(
+                "webhook: a token is accepted on {} without TLS: anyone on the path can read it and trigger rotations; set tls_cert_file/tls_key_file or listen on loopback",
+                hook.listen
+            ));
+        }
+    }
     Ok(())
 }

@@ -369,6 +369,25 @@ pub(super) fn check_url(
     ok.then_some(conn)
 }
 
+/// Whether a `host:port` listen address is a loopback address.
+pub(super) fn is_loopback_addr(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or_else(|_| addr.starts_with("localhost:"))
+}
+
+/// Whether an `http://host[:port]/...` URL points at loopback.
+pub(super) fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// What a target's TLS settings leave open, for `check-config` and the start-up log.
 pub(super) fn tls_warnings(name: &str, conn: &ConnInfo) -> Vec<String> {
     let tcp = conn.servers.iter().any(|s| matches!(s.host, Host::Tcp(_)));

@@ -44,6 +44,8 @@ pub struct Daemon {
     notifier: Arc<Notifier>,
     reloads: mpsc::Receiver<ReloadRequest>,
     socket: Option<SocketGuard>,
+    /// Webhook signatures seen, kept across reloads.
+    replay: crate::webhook::auth::ReplayCache,
 }
 
 impl Daemon {
@@ -108,8 +110,9 @@ impl Daemon {
         let mut state = ApiState::new(&config.api, registry.clone(), metrics, stopped);
         state.reload = Some(reload_tx);
         let api_state = Arc::new(state);
+        let replay = crate::webhook::auth::ReplayCache::default();
         let webhooks = match &config.webhook {
-            Some(w) => match crate::webhook::start(w, registry.clone()).await {
+            Some(w) => match crate::webhook::start(w, registry.clone(), replay.clone()).await {
                 Ok(l) => {
                     tracing::info!(listen = %w.listen, "webhook listener started");
                     Some(l)
@@ -141,6 +144,7 @@ impl Daemon {
             notifier,
             reloads,
             socket: Some(guard),
+            replay,
         })
     }
 
@@ -238,7 +242,9 @@ impl Daemon {
                 }
                 if let Some(w) = &new.webhook {
                     // Keys and certificates are read again here.
-                    match crate::webhook::start(w, self.engine.registry()).await {
+                    match crate::webhook::start(w, self.engine.registry(), self.replay.clone())
+                        .await
+                    {
                         Ok(l) => self.webhooks = Some(l),
                         Err(e) => tracing::error!("the webhook listener could not restart: {e}"),
                     }

@@ -34,6 +34,15 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // A core dump would hold credentials: none is ever written, with or without systemd's
+    // LimitCORE=0.
+    let no_core = rustix::process::Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Core, no_core) {
+        tracing::warn!(error = %e, "could not turn core dumps off");
+    }
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -79,14 +79,21 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// Signatures seen, with when they stop mattering (outside the window anyway). Shared across
+/// reloads, so a signature captured before `systemctl reload` cannot be replayed after it.
+pub type ReplayCache = Arc<Mutex<HashMap<Vec<u8>, u64>>>;
+
+/// Most signatures remembered; beyond that (after expired ones are dropped) new signed requests
+/// are refused until old ones expire, rather than the cache growing without bound.
+const MAX_REMEMBERED: usize = 100_000;
+
 /// Checks signatures and tokens.
 pub struct Verifier {
     keys: Vec<SecretBox<[u8]>>,
     token: Option<SecretString>,
     token_header: String,
     max_skew: Duration,
-    /// Signatures seen, with when they stop mattering (outside the window anyway).
-    seen: Mutex<HashMap<Vec<u8>, u64>>,
+    seen: ReplayCache,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -137,8 +144,14 @@ impl Verifier {
             token,
             token_header: token_header.to_ascii_lowercase(),
             max_skew,
-            seen: Mutex::new(HashMap::new()),
+            seen: ReplayCache::default(),
         }
+    }
+
+    /// Uses `cache` for replay protection (the daemon keeps one across reloads).
+    pub fn with_replay_cache(mut self, cache: ReplayCache) -> Verifier {
+        self.seen = cache;
+        self
     }
 
     /// The header the token comes in.
@@ -214,7 +227,7 @@ impl Verifier {
         // Replay: a signature is good once within its window.
         let mut seen = self.seen.lock().expect("never poisoned");
         seen.retain(|_, until| *until >= now);
-        if seen.contains_key(sig) {
+        if seen.contains_key(sig) || seen.len() >= MAX_REMEMBERED {
             return Verdict::Refused;
         }
         seen.insert(sig.clone(), t + self.max_skew.as_secs());
@@ -297,6 +310,30 @@ mod tests {
         assert_eq!(v.check(Some(&five), None, &body, t), Verdict::Refused);
         let rollover = format!("t={t},v1=00,v1={hex}");
         assert_eq!(v.check(Some(&rollover), None, &body, t), Verdict::Ok);
+    }
+
+    /// The replay cache outlives a verifier: after a reload (a new verifier with the daemon's
+    /// cache) a captured signature is still refused.
+    #[test]
+    fn replays_are_refused_across_a_reload() {
+        let cache = ReplayCache::default();
+        let make = || {
+            Verifier::new(
+                vec![key("k1")],
+                None,
+                "authorization",
+                Duration::from_secs(300),
+            )
+            .with_replay_cache(cache.clone())
+        };
+        let body = br#"{"target":"app"}"#;
+        let t = 1_800_000_000;
+        let sig = sign(&key("k1"), t, body);
+        assert_eq!(make().check(Some(&sig), None, body, t), Verdict::Ok);
+        assert_eq!(
+            make().check(Some(&sig), None, body, t + 1),
+            Verdict::Refused
+        );
     }
 
     #[test]

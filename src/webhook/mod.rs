@@ -50,7 +50,8 @@ pub enum WebhookError {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClientAddr {
     Tcp(std::net::IpAddr),
-    Unix,
+    /// A local sender, by uid (each has its own bucket); `None` if the kernel would not say.
+    Unix(Option<u32>),
 }
 
 struct WebhookState {
@@ -172,7 +173,11 @@ const LIMITS: ConnLimits = ConnLimits {
 
 /// Starts the listeners the configuration asks for. Key and certificate files are read on a
 /// blocking thread (this runs on the runtime at reload).
-pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listener, WebhookError> {
+pub async fn start(
+    cfg: &WebhookConfig,
+    targets: Arc<Registry>,
+    replay: auth::ReplayCache,
+) -> Result<Listener, WebhookError> {
     let files = cfg.clone();
     let (keys, token, tls) = tokio::task::spawn_blocking(move || {
         let keys = files
@@ -191,7 +196,8 @@ pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listen
     .map_err(|e| WebhookError::Tls(format!("reading the key files failed: {e}")))??;
     let state = Arc::new(WebhookState {
         targets,
-        verifier: Verifier::new(keys, token, &cfg.token_header, cfg.max_skew),
+        verifier: Verifier::new(keys, token, &cfg.token_header, cfg.max_skew)
+            .with_replay_cache(replay),
         limiter: RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
     });
     let app = router(state);
@@ -256,7 +262,8 @@ pub async fn start(cfg: &WebhookConfig, targets: Arc<Registry>) -> Result<Listen
                 async move {
                     match conn.slot {
                         Ok(_slot) => {
-                            serve_conn(conn.stream, app, ClientAddr::Unix, head_timeout, stop).await
+                            let client = ClientAddr::Unix(conn.peer.as_ref().map(|p| p.uid));
+                            serve_conn(conn.stream, app, client, head_timeout, stop).await
                         }
                         Err(refused) => {
                             crate::http::refuse(conn.stream, &refused.to_string()).await
