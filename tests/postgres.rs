@@ -3,69 +3,12 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::daemon::Daemon;
-use support::pg::{pki, Cluster};
-use support::CANARY_PASSWORD;
+use support::frontend::setup;
 use tokio_postgres::NoTls;
-
-struct Setup {
-    db: Cluster,
-    dir: tempfile::TempDir,
-    daemon: Daemon,
-}
-
-impl Setup {
-    fn socket_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// A tokio-postgres session through credswap (no password, no TLS: the local socket).
-    async fn client(&self, target: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host_path(self.socket_dir())
-            .port(5432)
-            .user("whoever")
-            .dbname(target)
-            .connect(NoTls)
-            .await?;
-        tokio::spawn(conn);
-        Ok(client)
-    }
-}
-
-fn target(db: &Cluster, name: &str, secret: &Path, extra: &str) -> String {
-    format!(
-        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\ndrain_timeout = \"2s\"\nmin_rotation_interval = \"0s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
-        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
-        secret.display()
-    )
-}
-
-async fn setup(extra_target: &str) -> Setup {
-    let db = Cluster::start_tls();
-    db.create_role("app", CANARY_PASSWORD).await;
-    db.admin()
-        .await
-        .batch_execute("GRANT ALL ON SCHEMA public TO app")
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let secret = support::credentials_file(dir.path(), "app.json", "app", CANARY_PASSWORD);
-    let config = format!(
-        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
-        dir.path().display(),
-        target(&db, "app", &secret, extra_target)
-    ) + &target(&db, "other", &secret, "allow_uids = [4242]");
-    let daemon = Daemon::start(&config, "").await;
-    daemon.wait_ready().await;
-    Setup { db, dir, daemon }
-}
 
 fn psql(dir: &Path, db: &str, sql: &str, as_user: Option<&str>) -> (i32, String, String) {
     let mut cmd = match as_user {

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod daemon;
 pub mod engine;
 pub mod faultproxy;
+pub mod frontend;
 pub mod logs;
 pub mod openapi;
 pub mod owned;

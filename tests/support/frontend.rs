@@ -1,0 +1,68 @@
+//! A daemon with the PostgreSQL front end on: its socket directory (`.s.PGSQL.5432`, mode 0666
+//! so other uids can try), a TLS cluster with the role `app` (which may create tables), and two
+//! targets: `app` (the test's own settings) and `other` (allowed to uid 4242 only).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::daemon::Daemon;
+use super::pg::{pki, Cluster};
+use super::CANARY_PASSWORD;
+use tokio_postgres::NoTls;
+
+pub struct Setup {
+    pub db: Cluster,
+    pub dir: tempfile::TempDir,
+    pub daemon: Daemon,
+}
+
+impl Setup {
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A tokio-postgres session through credswap (no password, no TLS: the local socket).
+    pub async fn client(
+        &self,
+        target: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(self.socket_dir())
+            .port(5432)
+            .user("whoever")
+            .dbname(target)
+            .connect(NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+pub fn target(db: &Cluster, name: &str, secret: &Path, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\ndrain_timeout = \"2s\"\nmin_rotation_interval = \"0s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
+        db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
+        secret.display()
+    )
+}
+
+pub async fn setup(extra_target: &str) -> Setup {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    db.admin()
+        .await
+        .batch_execute("GRANT ALL ON SCHEMA public TO app")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = super::credentials_file(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let config = format!(
+        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
+        dir.path().display(),
+        target(&db, "app", &secret, extra_target)
+    ) + &target(&db, "other", &secret, "allow_uids = [4242]");
+    let daemon = Daemon::start(&config, "").await;
+    daemon.wait_ready().await;
+    Setup { db, dir, daemon }
+}
