@@ -270,3 +270,135 @@ async fn sessions_beyond_max_size_wait_then_get_53300() {
     let next = s.client("app").await.expect("the freed place");
     next.query_one("SELECT 1", &[]).await.unwrap();
 }
+
+/// 50 real rotations (two roles taking turns, so the database accepts the new credentials
+/// before credswap uses them) while pgbench opens a new connection per transaction and a
+/// long-lived session runs transactions: pgbench sees no failure, and the long-lived session is
+/// only ever ended between transactions (57P01, after the 1 s drain deadline), never inside one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_rotations_under_load() {
+    let s = setup("drain_timeout = \"1s\"").await;
+    s.db.create_role("app_b", "b-0").await;
+    s.db.admin()
+        .await
+        .batch_execute(
+            "GRANT ALL ON SCHEMA public TO app_b; CREATE TABLE public.ledger (x int); \
+             GRANT ALL ON public.ledger TO app, app_b",
+        )
+        .await
+        .unwrap();
+    let dir = s.socket_dir().display().to_string();
+    let pgbench = std::thread::spawn(move || {
+        Command::new("pgbench")
+            .args([
+                "-h", &dir, "-p", "5432", "-U", "x", "-n", "-C", "-c", "3", "-j", "1",
+            ])
+            .args(["-T", "30", "-f", "-", "app"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped")
+                    .write_all(b"SELECT 1;\n")?;
+                child.wait_with_output()
+            })
+            .expect("pgbench runs")
+    });
+
+    // The long-lived session: transactions back to back; reconnects when ended.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        let dir = s.socket_dir().to_path_buf();
+        tokio::spawn(async move {
+            let (mut committed, mut ended_between) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (client, conn) = tokio_postgres::Config::new()
+                    .host_path(&dir)
+                    .port(5432)
+                    .dbname("app")
+                    .user("x")
+                    .connect(NoTls)
+                    .await
+                    .expect("a new session connects during rotations");
+                tokio::spawn(conn);
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    // The first statement of a transaction is where an ended session shows.
+                    if let Err(e) = client.batch_execute("BEGIN").await {
+                        let code = e.as_db_error().map(|d| d.code().code().to_string());
+                        assert!(
+                            code.as_deref() == Some("57P01") || client.is_closed(),
+                            "BEGIN failed on a live session: {e} ({code:?})"
+                        );
+                        ended_between += 1;
+                        break;
+                    }
+                    client
+                        .batch_execute("INSERT INTO public.ledger VALUES (1)")
+                        .await
+                        .expect("never cut inside a transaction");
+                    client
+                        .batch_execute("COMMIT")
+                        .await
+                        .expect("never cut inside a transaction");
+                    committed += 1;
+                }
+            }
+            (committed, ended_between)
+        })
+    };
+
+    let mut generation = 1;
+    for i in 1..=50 {
+        let (role, password) = if i % 2 == 1 {
+            ("app_b", format!("b-{i}"))
+        } else {
+            ("app", format!("a-{i}"))
+        };
+        s.db.set_password(role, &password).await;
+        support::credentials_file(s.dir.path(), "app.json", role, &password);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, v, _) = s.daemon.get("/v1/targets/app").await;
+            if v["generation"]["id"].as_u64().unwrap_or(0) > generation {
+                generation = v["generation"]["id"].as_u64().unwrap();
+                break;
+            }
+            assert!(Instant::now() < deadline, "rotation {i} never swapped: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(generation >= 51, "generation {generation}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (committed, ended_between) = worker.await.unwrap();
+    let out = tokio::task::spawn_blocking(move || pgbench.join().unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench:\n{text}");
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(
+        committed > 0 && ended_between > 0,
+        "{committed} {ended_between}"
+    );
+    let n: i64 =
+        s.db.admin()
+            .await
+            .query_one("SELECT count(*) FROM public.ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(
+        n as u64, committed,
+        "every committed transaction is there, no other"
+    );
+}

@@ -39,8 +39,14 @@ impl Setup {
 }
 
 pub fn target(db: &Cluster, name: &str, secret: &Path, extra: &str) -> String {
+    // A 2 s drain unless the test sets its own.
+    let drain = if extra.contains("drain_timeout") {
+        ""
+    } else {
+        "drain_timeout = \"2s\"\n"
+    };
     format!(
-        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\ndrain_timeout = \"2s\"\nmin_rotation_interval = \"0s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
+        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\n{drain}min_rotation_interval = \"0s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
         db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
         secret.display()
     )
