@@ -4,6 +4,7 @@ Run by dev/fuzz; the seeds are committed so a run is reproducible."""
 import json
 import os
 import re
+import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -82,4 +83,27 @@ dsns = [
     "postgresql://h/db?sslmode=bogus",
 ]
 write("dsn", dsns)
+
+
+def pg_message(tag, body):
+    return tag + struct.pack(">i", len(body) + 4) + body
+
+
+def startup(params, version=196608):
+    body = struct.pack(">i", version) + b"".join(k + b"\0" + v + b"\0" for k, v in params) + b"\0"
+    return struct.pack(">i", len(body) + 4) + body
+
+
+# pg_wire: the first byte is the read size the walker's stream is cut into.
+pg = [
+    startup([(b"user", b"app"), (b"database", b"app_rw")]),
+    startup([(b"database", b"x"), (b"_pq_.opt", b"1")], 196610),
+    struct.pack(">ii", 8, 80877103),
+    struct.pack(">ii", 8, 80877104),
+    struct.pack(">iiii", 16, 80877102, 7, 9),
+    b"\x03" + pg_message(b"Q", b"SELECT 1\0") + pg_message(b"Z", b"I"),
+    b"\x01" + pg_message(b"E", b"SERROR\0C42601\0Msyntax\0\0") + pg_message(b"Z", b"T"),
+    b"\x07" + pg_message(b"D", b"\0\x01\0\0\0\x03abc") + pg_message(b"Z", b"E"),
+]
+write("pg_wire", pg)
 print("seeds written:", {t: len(os.listdir(os.path.join(HERE, 'seeds', t))) for t in os.listdir(os.path.join(HERE, 'seeds'))})

@@ -402,3 +402,26 @@ async fn fifty_rotations_under_load() {
         "every committed transaction is there, no other"
     );
 }
+
+/// PostgreSQL restarted under the front end: sessions see the server's own error, new clients
+/// get 08006 while it is down, and work again as soon as it is back, without touching credswap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_survived() {
+    let mut s = setup("").await;
+    let before = s.client("app").await.unwrap();
+    before.query_one("SELECT 1", &[]).await.unwrap();
+    s.db.stop();
+    let e = before.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert!(before.is_closed(), "the session ends with the server: {e}");
+    let e = s.client("app").await.expect_err("the server is down");
+    let db = e.as_db_error().expect("an ErrorResponse from credswap");
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert!(db.message().contains("cannot reach"), "{}", db.message());
+    support::assert_no_canary("a refusal", db.message());
+    s.db.start_again();
+    let after = s
+        .client("app")
+        .await
+        .expect("works again once the server is back");
+    after.query_one("SELECT 1", &[]).await.unwrap();
+}
