@@ -10,6 +10,10 @@ OpenBao with its database engine -- then measures, in one run:
   rotation   trigger -> swapped and trigger -> drained over ROTATIONS rotations per source
   under load ROTATIONS rotations during 64-client api load; failed requests counted
   memory     RSS idle with two targets and under 64 clients; start-up to READY=1
+  wire       pgbench -S -M simple and -M prepared at 1/16/64 clients straight to PostgreSQL
+             (TLS verify-full), through PgBouncer (transaction mode for simple, session mode for
+             prepared) and through credswap's PostgreSQL front end (session mode); throughput
+             ratio to direct, each pooler's CPU per transaction, added p50/p99 at 1 client
 
 Prints a table and writes target/bench/results.json. Environment: BENCH_SECONDS (measured time
 per hop run, default 5), BENCH_ROTATIONS (default 100).
@@ -177,6 +181,7 @@ class Bench:
         with open(os.path.join(d, "pgbouncer.ini"), "w") as f:
             f.write(f"""[databases]
 postgres = host=localhost port={self.pg_port} dbname=postgres
+session = host=localhost port={self.pg_port} dbname=postgres pool_mode=session pool_size={max(CLIENTS)}
 [pgbouncer]
 listen_addr =
 listen_port = {self.pgb_port}
@@ -262,11 +267,17 @@ pidfile = {d}/pgbouncer.pid
             f.write("bench-webhook-key-0123456789abcdef")
         os.chmod(key, 0o600)
         text = f'[api]\nsocket = "{self.path(name + ".sock")}"\nadmin_uids = [{os.getuid()}]\n\n'
+        wire_dir = self.path(name + "-pg")
+        os.makedirs(wire_dir, exist_ok=True)
+        text += f'[postgres]\nsocket_dir = "{wire_dir}"\nsocket_mode = "0666"\n\n'
         text += f'[webhook]\nlisten = "127.0.0.1:{self.hook_port}"\nhmac_key_files = ["{key}"]\n'
         text += "rate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n\n"
         for t in targets:
             text += (f'[[target]]\nname = "{t}"\nurl = "{url}"\nmin_rotation_interval = "0s"\n{pool}\n'
                      f"source = {sources[t]}\n\n")
+        # Session mode needs a server connection per client: sized to the most clients.
+        text += (f'[[target]]\nname = "wire"\nurl = "{url}"\npool = {{ max_size = {max(CLIENTS)}, min_idle = 0 }}\n'
+                 f"source = {sources['one']}\n\n")
         p = self.path(name + ".toml")
         with open(p, "w") as f:
             f.write(text)
@@ -317,6 +328,69 @@ pidfile = {d}/pgbouncer.pid
         lat = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
         failed = int(re.search(r"number of failed transactions: (\d+)", out).group(1))
         return {"throughput_per_s": round(tps), "latency_avg_us": round(lat * 1000, 1), "failed": failed}
+
+
+    def pgbench_wire(self, clients, mode, via, latency_log=None):
+        """pgbench -S -M mode straight to PostgreSQL (via "direct"), through PgBouncer
+        ("pgbouncer") or through credswap's front end ("credswap")."""
+        env = dict(os.environ, PGPASSWORD="bench-app-pw")
+        if via == "direct":
+            host, port, db = "localhost", self.pg_port, "postgres"
+            env.update(PGSSLMODE="verify-full", PGSSLROOTCERT=self.path("ca.crt"))
+        elif via == "pgbouncer":
+            host, port = self.path("pgbouncer"), self.pgb_port
+            db = "postgres" if mode == "simple" else "session"
+        else:
+            host, port, db = self.path("main-pg"), 5432, "wire"
+        cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
+               "-T", str(SECONDS), "-h", host, "-p", str(port), "-U", "app", db]
+        if latency_log:
+            cmd[1:1] = ["-l", "--log-prefix", latency_log]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
+                             cwd=self.w).stdout
+        tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", out).group(1))
+        failed = int(re.search(r"number of failed transactions: (\d+)", out).group(1))
+        return {"throughput_per_s": round(tps), "failed": failed}
+
+
+def latency_percentiles(prefix):
+    """p50/p99 (us) from pgbench's per-transaction log files (`-l`): the third field."""
+    values = []
+    for name in os.listdir(os.path.dirname(prefix)):
+        if name.startswith(os.path.basename(prefix)):
+            with open(os.path.join(os.path.dirname(prefix), name)) as f:
+                values += [int(line.split()[2]) for line in f if line.strip()]
+    values.sort()
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]
+    return {"p50": pick(0.50), "p99": pick(0.99), "n": len(values)}
+
+
+def wire(b, daemon_pid):
+    pgbouncer_pid = int(open(b.path("pgbouncer", "pgbouncer.pid")).read())
+    rows = []
+    for clients in CLIENTS:
+        for mode in ("simple", "prepared"):
+            row = {"clients": clients, "mode": mode}
+            for via, pid in (("direct", None), ("pgbouncer", pgbouncer_pid), ("credswap", daemon_pid)):
+                log_prefix = b.path(f"lat-{via}-{mode}") if clients == 1 else None
+                cpu = cpu_seconds(pid) if pid else 0
+                r = b.pgbench_wire(clients, mode, via, log_prefix)
+                if pid:
+                    r["cpu_us_per_transaction"] = round(
+                        (cpu_seconds(pid) - cpu) / (r["throughput_per_s"] * SECONDS) * 1e6, 1)
+                if log_prefix:
+                    r["latency_us"] = latency_percentiles(log_prefix)
+                row[via] = r
+                log(f"{clients:>2} clients -M {mode:<8} {via:<9} {r['throughput_per_s']:>8.0f}/s "
+                    f"cpu {r.get('cpu_us_per_transaction', '-')} us")
+            for via in ("pgbouncer", "credswap"):
+                row[f"{via}_over_direct"] = round(
+                    row[via]["throughput_per_s"] / row["direct"]["throughput_per_s"], 3)
+                if clients == 1:
+                    row[f"{via}_added_latency_us"] = {
+                        k: row[via]["latency_us"][k] - row["direct"]["latency_us"][k] for k in ("p50", "p99")}
+            rows.append(row)
+    return rows
 
 
 def rss_kib(pid, field="VmRSS"):
@@ -469,6 +543,21 @@ def table(r):
     if ul:
         lines.append(f"under 64-client load: {ul['load']['requests']} requests, {ul['load']['failed']} failed "
                      f"{ul['load']['errors'] or ''}, {ul['swapped']} rotations swapped")
+    lines += ["", "PostgreSQL wire (pgbench -S; tps, ratio to direct, pooler CPU us per transaction)",
+              f"{'clients':>7} {'mode':<8} | {'direct':>7} | {'pgbouncer':>9} {'ratio':>5} {'cpu':>5} | "
+              f"{'credswap':>8} {'ratio':>5} {'cpu':>5}"]
+    for w in r.get("wire", []):
+        lines.append(
+            f"{w['clients']:>7} {w['mode']:<8} | {w['direct']['throughput_per_s']:>7} | "
+            f"{w['pgbouncer']['throughput_per_s']:>9} {w['pgbouncer_over_direct']:>5.2f} "
+            f"{w['pgbouncer']['cpu_us_per_transaction']:>5} | {w['credswap']['throughput_per_s']:>8} "
+            f"{w['credswap_over_direct']:>5.2f} {w['credswap']['cpu_us_per_transaction']:>5}")
+    for w in r.get("wire", []):
+        if w["clients"] == 1:
+            lines.append(f"added latency at 1 client, -M {w['mode']}: PgBouncer p50 "
+                         f"{w['pgbouncer_added_latency_us']['p50']} / p99 {w['pgbouncer_added_latency_us']['p99']} us; "
+                         f"credswap p50 {w['credswap_added_latency_us']['p50']} / p99 "
+                         f"{w['credswap_added_latency_us']['p99']} us")
     m = r["memory"]
     lines += ["", f"start-up to READY=1: median {m['startup_to_ready_ms']['median']} ms "
                   f"(max {m['startup_to_ready_ms']['max']} of 5)",
@@ -502,6 +591,8 @@ def main():
         results["added_latency_1_client_us"] = {q: {
             k: round(one[f"api_{q}"]["latency_us"][k] - one[f"direct_{q}"]["latency_us"][k], 1)
             for k in ("p50", "p99")} for q in ("select1", "lookup")}
+        log("PostgreSQL front end vs PgBouncer (pgbench)")
+        results["wire"] = wire(b, p.pid)
         log("rotations")
         results["rotation"] = rotations(b, under_load=True)
         b.stop_daemon(p)

@@ -651,12 +651,26 @@ async fn connections_per_uid_are_limited() {
     )
     .await;
     d.wait_ready().await;
-    let held_a = tokio::net::UnixStream::connect(d.socket_path())
-        .await
-        .unwrap();
-    let held_b = tokio::net::UnixStream::connect(d.socket_path())
-        .await
-        .unwrap();
+    // Two connections, each admitted (answered once) and kept open. Until the daemon has seen
+    // the harness's own earlier connections close, their places may still be taken: retry.
+    let mut held = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held.len() < 2 {
+        let mut c = tokio::net::UnixStream::connect(d.socket_path())
+            .await
+            .unwrap();
+        c.write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).await.unwrap();
+        if &head == b"HTTP/1.1 200" {
+            held.push(c);
+        } else {
+            assert!(std::time::Instant::now() < deadline, "never admitted");
+            tokio::task::yield_now().await;
+        }
+    }
     let mut third = tokio::net::UnixStream::connect(d.socket_path())
         .await
         .unwrap();
@@ -674,14 +688,13 @@ async fn connections_per_uid_are_limited() {
         answer.contains("too many connections from this peer: the limit is 2"),
         "{answer}"
     );
-    drop(held_a);
+    drop(held.pop());
     // The freed place is taken by the next connection (the daemon notices the close first).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while d.get_health().await != Some(200) {
         assert!(std::time::Instant::now() < deadline, "no place freed");
         tokio::task::yield_now().await;
     }
-    drop(held_b);
 }
 
 /// A connection that sends only part of a request head, or nothing after its last answer, is

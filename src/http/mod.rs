@@ -77,18 +77,31 @@ pub async fn serve_conn<I, T>(
 /// Answers a connection over the limits with a 503 and closes it.
 pub async fn refuse<I>(mut stream: I, why: &str)
 where
-    I: tokio::io::AsyncWrite + Unpin,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = serde_json::json!({"error": {"code": "unavailable", "message": why}}).to_string();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    let write = async {
+    let answer = async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), answer).await;
+    // Closing with the request unread would reset the connection and lose the answer: read
+    // what the client already sent (a little, for a moment) before closing.
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), drain).await;
 }

@@ -17,6 +17,7 @@ use super::wire::{self, Severity, Startup, StartupError};
 use super::Frontend;
 use crate::config::access::Peer;
 use crate::listen::{ReadInterestStream, UnixConn};
+use crate::targets::generation::SessionGuard;
 use crate::targets::TargetHandle;
 
 /// What ended a session before it began, as the client is told: SQLSTATE and message.
@@ -191,34 +192,32 @@ async fn begin(
     })?
     .expect("the semaphore is never closed");
 
-    // The current generation, joined before connecting so its drain waits for this session.
-    let guard = loop {
-        let Some(generation) = target.current() else {
-            let reason = target
-                .status()
-                .reason
-                .unwrap_or_else(|| "its first rotation has not finished".into());
-            return Err(refusal(
-                "57P03",
-                "no_generation",
-                format!("credswap: target \"{name}\" has no live connection yet: {reason}"),
-            ));
-        };
-        let guard = generation.join();
-        if target.current().is_some_and(|now| now.id == generation.id) {
-            break guard;
-        }
-    };
-    let generation = guard.generation().clone();
-
     // Protocol options (`_pq_.*`) stay between client and credswap; 3.x is answered with 3.0.
     let (options, params): (Vec<_>, Vec<_>) = params
         .iter()
         .cloned()
         .partition(|(k, _)| k.starts_with("_pq_."));
-    let server = server::connect(generation.pool.plan(), &params)
-        .await
-        .map_err(|e| server_refusal(&target, e));
+
+    // A server connection of the current generation, which is joined before connecting so its
+    // drain waits for this session. A login refused because the credentials rotated meanwhile
+    // (a newer generation is current) moves on to the newer one, as a checkout does.
+    let connect_by = Instant::now() + settings.pool.checkout_timeout;
+    let (guard, server) = loop {
+        let guard = join_current(&target)?;
+        let generation = guard.generation().clone();
+        match server::connect(generation.pool.plan(), &params).await {
+            Ok(server) => break (guard, Ok(server)),
+            Err(e)
+                if e.is_auth()
+                    && Instant::now() < connect_by
+                    && target.current().is_some_and(|now| now.id != generation.id) =>
+            {
+                continue
+            }
+            Err(e) => break (guard, Err(server_refusal(&target, e))),
+        }
+    };
+    let generation = guard.generation().clone();
     fe.metrics.postgres_wait(&name, waited.elapsed());
     let mut server = match server {
         Ok(s) => s,
@@ -301,6 +300,31 @@ async fn begin(
     drop(permit);
     tracing::debug!(target_name = %name, reason, "postgres session ended");
     Ok(())
+}
+
+/// Joins the target's current generation (re-checked after joining, so a generation swapped
+/// out meanwhile, whose drain may not see the new session, is never used).
+fn join_current(target: &TargetHandle) -> Result<SessionGuard, Refusal> {
+    loop {
+        let Some(generation) = target.current() else {
+            let reason = target
+                .status()
+                .reason
+                .unwrap_or_else(|| "its first rotation has not finished".into());
+            return Err(refusal(
+                "57P03",
+                "no_generation",
+                format!(
+                    "credswap: target \"{}\" has no live connection yet: {reason}",
+                    target.name()
+                ),
+            ));
+        };
+        let guard = generation.join();
+        if target.current().is_some_and(|now| now.id == generation.id) {
+            return Ok(guard);
+        }
+    }
 }
 
 /// The target named `database`, if `peer` may use it. An unknown target and a forbidden one
