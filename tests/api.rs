@@ -23,6 +23,17 @@ fn target_toml(db: &Cluster, name: &str, secret: &str, extra: &str) -> String {
     )
 }
 
+/// A daemon with one target `app` (its own `extra_target` settings) and `extra_api` keys.
+async fn one_target(extra_target: &str, extra_api: &str) -> (Cluster, tempfile::TempDir, Daemon) {
+    let db = Cluster::start_tls();
+    db.create_role("app", CANARY_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
+    let d = Daemon::start(&target_toml(&db, "app", &s, extra_target), extra_api).await;
+    d.wait_ready().await;
+    (db, dir, d)
+}
+
 /// Every response the tests saw, for the OpenAPI check at the end.
 struct Seen(Vec<Value>);
 
@@ -641,16 +652,7 @@ async fn group_allow_lists_match_primary_and_supplementary_groups() {
 #[tokio::test]
 async fn connections_per_uid_are_limited() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = Cluster::start_tls();
-    db.create_role("app", CANARY_PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
-    let d = Daemon::start(
-        &target_toml(&db, "app", &s, ""),
-        "max_connections_per_uid = 2",
-    )
-    .await;
-    d.wait_ready().await;
+    let (_db, _dir, d) = one_target("", "max_connections_per_uid = 2").await;
     // Two connections, each admitted (answered once) and kept open. Until the daemon has seen
     // the harness's own earlier connections close, their places may still be taken: retry.
     let mut held = Vec::new();
@@ -702,16 +704,7 @@ async fn connections_per_uid_are_limited() {
 #[tokio::test]
 async fn unfinished_and_idle_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = Cluster::start_tls();
-    db.create_role("app", CANARY_PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
-    let d = Daemon::start(
-        &target_toml(&db, "app", &s, ""),
-        "header_read_timeout = \"1s\"",
-    )
-    .await;
-    d.wait_ready().await;
+    let (_db, _dir, d) = one_target("", "header_read_timeout = \"1s\"").await;
     let mut partial = tokio::net::UnixStream::connect(d.socket_path())
         .await
         .unwrap();
@@ -741,16 +734,7 @@ async fn unfinished_and_idle_connections_are_closed() {
 /// statement cancelled at its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_caller_gets_a_clean_session() {
-    let db = Cluster::start_tls();
-    db.create_role("app", CANARY_PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = secret(dir.path(), "app.json", "app", CANARY_PASSWORD);
-    let d = Daemon::start(
-        &target_toml(&db, "app", &s, "pool = { max_size = 1, min_idle = 1 }"),
-        "",
-    )
-    .await;
-    d.wait_ready().await;
+    let (_db, _dir, d) = one_target("pool = { max_size = 1, min_idle = 1 }", "").await;
     let one = |sql: &str| json!({ "sql": sql });
     let value = |v: &Value| v["rows"][0][0].clone();
 

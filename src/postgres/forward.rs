@@ -115,10 +115,12 @@ impl Seen for FromServer<'_> {
 }
 
 /// Forwards until one side closes, or `ending` resolves and the session is idle. `max_message`
-/// caps a message's size in both directions.
+/// caps a message's size in both directions. `from_server` holds bytes the server sent before
+/// forwarding began (after its login), forwarded first.
 pub async fn forward<C, S>(
     client: &mut C,
     server: &mut S,
+    from_server: BytesMut,
     ending: impl std::future::Future<Output = ()>,
     max_message: usize,
     to_server: &Counter,
@@ -163,16 +165,18 @@ where
 
     let downstream = async {
         let mut frames = Frames::new(max_message);
-        let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut buf = from_server;
+        buf.reserve(CHUNK);
         loop {
-            buf.clear();
-            buf.reserve(CHUNK);
-            match server_r.read_buf(&mut buf).await {
-                Ok(0) => return End::ServerClosed,
-                Ok(n) => {
-                    to_client.inc_by(n as u64);
+            if buf.is_empty() {
+                buf.reserve(CHUNK);
+                match server_r.read_buf(&mut buf).await {
+                    Ok(0) => return End::ServerClosed,
+                    Ok(n) => {
+                        to_client.inc_by(n as u64);
+                    }
+                    Err(e) => return End::Io(e),
                 }
-                Err(e) => return End::Io(e),
             }
             let mut seen = FromServer {
                 position: &position,
@@ -184,6 +188,7 @@ where
             if let Err(e) = client_w.write_all(&buf).await {
                 return End::Io(e);
             }
+            buf.clear();
             if seen.end_now {
                 return End::AtIdle;
             }

@@ -241,7 +241,6 @@ async fn begin(
     hello.extend_from_slice(&server.parameter_status);
     wire::backend_key_data(&mut hello, key.pid, key.secret);
     wire::ready_for_query(&mut hello, b'I');
-    hello.extend_from_slice(&server.leftover);
     if stream.write_all(&hello).await.is_err() {
         server::terminate(&mut server.stream).await;
         return Ok(());
@@ -260,6 +259,7 @@ async fn begin(
     let end = forward::forward(
         stream,
         &mut server.stream,
+        std::mem::take(&mut server.leftover),
         asked,
         fe.settings.max_message_bytes,
         &metrics.to_server,

@@ -137,6 +137,16 @@ fn versioned(v: &str) -> Scripted {
     }
 }
 
+/// A source whose store is down.
+fn unavailable(detail: &str) -> Scripted {
+    let source = versioned("v1");
+    *source.failing.lock().unwrap() = Some(SecretError::Unavailable {
+        what: "scripted source".into(),
+        detail: detail.into(),
+    });
+    source
+}
+
 impl Harness {
     /// The next finished rotation's report.
     async fn finished(&mut self) -> RotationReport {
@@ -251,11 +261,7 @@ async fn min_rotation_interval_gates_all_but_auth_failures() {
 /// `initial * 2^(n-1)` (capped at `max`), and the target is degraded with the reason.
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_exponentially_within_the_cap() {
-    let source = versioned("v1");
-    *source.failing.lock().unwrap() = Some(SecretError::Unavailable {
-        what: "scripted source".into(),
-        detail: "connection refused".into(),
-    });
+    let source = unavailable("connection refused");
     let mut h = start(source, |c| {
         c.min_rotation_interval = Duration::ZERO;
         c.retry.initial = Duration::from_secs(1);
@@ -296,11 +302,7 @@ async fn failures_back_off_exponentially_within_the_cap() {
 /// calling the store, and the retry waits for `open_for`, when one probe goes through.
 #[tokio::test(start_paused = true)]
 async fn the_breaker_opens_after_repeated_store_failures_and_probes_later() {
-    let source = versioned("v1");
-    *source.failing.lock().unwrap() = Some(SecretError::Unavailable {
-        what: "scripted source".into(),
-        detail: "down".into(),
-    });
+    let source = unavailable("down");
     let mut h = start(source, |c| {
         c.retry.initial = Duration::from_millis(100);
         c.retry.max = Duration::from_millis(100);
