@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::config::WebhookConfig;
 use crate::http::{serve_conn, ApiError, Body};
 use crate::listen::accept::{self, ConnLimits, Gate};
-use crate::listen::ratelimit::RateLimiter;
+use crate::listen::ratelimit::{LogThrottle, RateLimiter};
 use crate::listen::{SocketGuard, SocketSpec, TcpConn, UnixConn};
 use crate::shutdown::{self, Shutdown};
 use crate::targets::{Registry, Trigger};
@@ -58,6 +58,8 @@ struct WebhookState {
     targets: Arc<Registry>,
     verifier: Verifier,
     limiter: RateLimiter<ClientAddr>,
+    /// Refusals are logged at most once a second (a forged-request flood must not flood the log).
+    refusals: LogThrottle,
 }
 
 fn router(state: Arc<WebhookState>) -> Router {
@@ -88,7 +90,9 @@ async fn rotate(
         auth::now(),
     );
     if verdict == Verdict::Refused {
-        tracing::warn!(client = ?client, "webhook refused: bad or missing signature or token");
+        if let Some(held) = state.refusals.allow() {
+            tracing::warn!(client = ?client, refusals_not_logged = held, "webhook refused: bad or missing signature or token");
+        }
         return Err(ApiError::unauthorized());
     }
     let selectors = payload::parse(&body).map_err(ApiError::bad_request)?;
@@ -199,6 +203,7 @@ pub async fn start(
         verifier: Verifier::new(keys, token, &cfg.token_header, cfg.max_skew)
             .with_replay_cache(replay),
         limiter: RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
+        refusals: LogThrottle::default(),
     });
     let app = router(state);
     let head_timeout = cfg.header_read_timeout;
