@@ -85,11 +85,6 @@ impl<K: Hash + Eq + Clone> Gate<K> {
             key,
         })
     }
-
-    /// Open connections now.
-    pub fn open(&self) -> usize {
-        self.open.lock().expect("never poisoned").0
-    }
 }
 
 impl<K: Hash + Eq + Clone> Drop for Slot<K> {
@@ -252,7 +247,6 @@ mod tests {
         let _b1 = gate.admit(2).unwrap();
         assert_eq!(gate.admit(3).unwrap_err(), Refused::Total { limit: 3 });
         drop(a1);
-        assert_eq!(gate.open(), 2);
         let _a3 = gate.admit(1).expect("a freed place is reused");
     }
 }

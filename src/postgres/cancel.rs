@@ -87,14 +87,4 @@ impl CancelKeys {
             }
         }
     }
-
-    /// Sessions with a key now.
-    pub fn len(&self) -> usize {
-        self.sessions.lock().expect("never poisoned").len()
-    }
-
-    /// Whether no session has a key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::forward::{self, End};
 use super::server::{self, ServerError};
-use super::wire::{self, Severity, Startup, StartupError};
+use super::wire::{self, Startup, StartupError};
 use super::Frontend;
 use crate::config::access::Peer;
 use crate::listen::{ReadInterestStream, UnixConn};
@@ -39,7 +39,7 @@ fn refusal(code: &'static str, reason: &'static str, message: impl Into<String>)
 /// Sends a FATAL error and closes.
 async fn fatal(stream: &mut ReadInterestStream, code: &str, message: &str) {
     let mut buf = BytesMut::new();
-    wire::error_response(&mut buf, Severity::Fatal, code, message);
+    wire::fatal_response(&mut buf, code, message);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = stream.write_all(&buf).await;
         let _ = stream.shutdown().await;

@@ -152,26 +152,14 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, unknown: &[&str]) {
     });
 }
 
-/// How bad an error is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Severity {
-    /// The session ends.
-    Fatal,
-    /// The statement failed; the session goes on.
-    Error,
-}
-
-/// An `ErrorResponse` made by credswap: severity, SQLSTATE and message (never a secret).
-pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, text: &str) {
-    let severity = match severity {
-        Severity::Fatal => "FATAL",
-        Severity::Error => "ERROR",
-    };
+/// A `FATAL` `ErrorResponse` made by credswap: SQLSTATE and message (never a secret). Every
+/// error credswap itself sends ends the session; statement errors come from the server.
+pub fn fatal_response(buf: &mut BytesMut, code: &str, text: &str) {
     message(buf, b'E', |b| {
         b.put_u8(b'S');
-        cstr(b, severity);
+        cstr(b, "FATAL");
         b.put_u8(b'V');
-        cstr(b, severity);
+        cstr(b, "FATAL");
         b.put_u8(b'C');
         cstr(b, code);
         b.put_u8(b'M');
@@ -289,7 +277,7 @@ mod tests {
 
     fn stream() -> Vec<u8> {
         let mut b = BytesMut::new();
-        error_response(&mut b, Severity::Error, "42601", "syntax");
+        fatal_response(&mut b, "42601", "syntax");
         message(&mut b, b'D', |b| b.put_slice(&[7; 300]));
         ready_for_query(&mut b, b'T');
         ready_for_query(&mut b, b'I');

@@ -16,7 +16,7 @@ use super::status::{
     BreakerState, DrainingInfo, Event, EventKind, GenerationInfo, PoolStats, TargetState,
     TargetStatus,
 };
-use crate::config::access::{Access, Peer};
+use crate::config::access::Peer;
 use crate::config::Target;
 use crate::pool::{PoolConnection, PoolError, ServerConn};
 
@@ -152,11 +152,6 @@ impl TargetHandle {
     /// The allow-lists now.
     pub fn allows(&self, peer: &Peer) -> Option<String> {
         self.settings.load().access.allows(peer)
-    }
-
-    /// The allow-lists now, for messages.
-    pub fn access(&self) -> Access {
-        self.settings.load().access.clone()
     }
 
     /// The source kind (`aws`, `vault`, `file`, `development`), for metrics.
