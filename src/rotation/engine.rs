@@ -20,10 +20,9 @@ pub struct Engine {
     retired: tokio::sync::Mutex<JoinSet<()>>,
 }
 
-/// One target with its configuration and its rotator.
+/// One target and its rotator (its configuration is the handle's settings).
 struct Running {
     runtime: Arc<TargetHandle>,
-    config: Target,
     stop: watch::Sender<bool>,
     rotator: Option<JoinHandle<()>>,
 }
@@ -36,7 +35,6 @@ impl Running {
         let rotator = Rotator::new(runtime.clone(), t.clone(), commands, stop_rx);
         Running {
             runtime,
-            config: t.clone(),
             stop,
             rotator: Some(tokio::spawn(rotator.run())),
         }
@@ -138,7 +136,12 @@ impl Engine {
         let old: Vec<(String, Target)> = self
             .read()
             .iter()
-            .map(|r| (r.runtime.name().to_string(), r.config.clone()))
+            .map(|r| {
+                (
+                    r.runtime.name().to_string(),
+                    (*r.runtime.settings()).clone(),
+                )
+            })
             .collect();
         let mut starting = Vec::new();
         for t in &config.targets {
@@ -227,16 +230,14 @@ impl Engine {
                 });
             }
         }
-        tracing::info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, unchanged = report.unchanged.len(), "configuration reloaded");
+        tracing::info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, access_changed = ?report.access_changed, unchanged = report.unchanged.len(), "configuration reloaded");
         report
     }
 
     /// Takes new access lists for a running target without touching its pool.
     fn apply_in_place(&self, config: &Target) {
-        let mut targets = self.targets.write().expect("never poisoned");
-        if let Some(r) = targets.iter_mut().find(|r| r.runtime.name() == config.name) {
-            r.runtime.update_settings(config);
-            r.config = config.clone();
+        if let Some(target) = self.registry.get(&config.name) {
+            target.update_settings(config);
         }
     }
 
