@@ -36,6 +36,14 @@ const SESSION_FUNCTIONS: &[&str] = &[
     "dblink",
 ];
 
+/// Whether `needle` (lowercase ASCII) occurs in `text`, ignoring ASCII case, without copying
+/// the text (this runs on every request).
+fn contains_ignoring_case(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// Sorts a statement, or refuses it when it is transaction control.
 pub fn effect(sql: &str) -> Result<Effect, ApiError> {
     let command = super::query::command_of(sql);
@@ -47,8 +55,7 @@ pub fn effect(sql: &str) -> Result<Effect, ApiError> {
         }
         "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "SHOW"
         | "MERGE" | "EXPLAIN" => {
-            let lower = sql.to_ascii_lowercase();
-            Ok(if SESSION_FUNCTIONS.iter().any(|f| lower.contains(f)) {
+            Ok(if SESSION_FUNCTIONS.iter().any(|f| contains_ignoring_case(sql, f)) {
                 Effect::Session
             } else {
                 Effect::None
@@ -120,6 +127,14 @@ mod tests {
         assert_eq!(
             effect("SELECT pg_advisory_lock(1)").unwrap(),
             Effect::Session
+        );
+        assert_eq!(
+            effect("select SET_CONFIG('a', 'b', false)").unwrap(),
+            Effect::Session
+        );
+        assert_eq!(
+            effect("SELECT pg_advisory_xact_lock(1)").unwrap(),
+            Effect::None
         );
         for tx in [
             "BEGIN",
