@@ -25,7 +25,9 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             .map(Body)
             .map_err(|r| {
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::payload_too_large("the request body is larger than the limit")
+                    ApiError::payload_too_large(
+                        "the request body is larger than the limit: api.max_body_bytes on the API socket, 64 KiB for webhooks",
+                    )
                 } else {
                     ApiError::bad_request(format!(
                         "could not read the request body: {}",
