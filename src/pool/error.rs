@@ -11,6 +11,11 @@ use rustls::CertificateError;
 
 use crate::tls::{SslMode, TlsError};
 
+/// 28P01 (invalid password) and 28000 (invalid authorization): the login itself was refused.
+pub fn is_auth_sqlstate(code: &str) -> bool {
+    code == "28P01" || code == "28000"
+}
+
 /// Why one connection could not be opened. Never contains a password.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -83,7 +88,7 @@ impl ConnectError {
         if let Some(db) = err.as_db_error() {
             let code = db.code().code().to_string();
             let message = db.message().to_string();
-            return if code == "28P01" || code == "28000" {
+            return if is_auth_sqlstate(&code) {
                 ConnectError::Auth {
                     server,
                     user: user.to_string(),

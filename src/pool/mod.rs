@@ -19,7 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{CancelToken, Client};
 
 pub use connect::ConnectPlan;
-pub use error::{CancelError, ConnectError, PoolError};
+pub use error::{is_auth_sqlstate, CancelError, ConnectError, PoolError};
 pub use manager::{DrainState, Manager, PoolHealth, ServerConn};
 
 use crate::config::PoolSettings;

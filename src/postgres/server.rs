@@ -113,7 +113,7 @@ pub enum ServerError {
 impl ServerError {
     /// 28P01 / 28000: the generation's credentials were refused.
     pub fn is_auth(&self) -> bool {
-        matches!(self, ServerError::Refused { code, .. } if code == "28P01" || code == "28000")
+        matches!(self, ServerError::Refused { code, .. } if crate::pool::is_auth_sqlstate(code))
     }
 }
 
