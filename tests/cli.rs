@@ -121,3 +121,43 @@ fn no_configuration_at_all() {
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out).1.contains("no configuration given"));
 }
+
+/// `dev/reap-test-processes` stops a process its run recorded, and leaves alone a live process
+/// whose record does not match (a pid reused by another process). Both records are removed.
+#[test]
+fn the_reaper_stops_only_recorded_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orphan = Command::new("sleep").arg("600").spawn().unwrap();
+    let record = support::owned::record_in(dir.path(), orphan.id(), "sleep");
+    std::mem::forget(record); // a killed run leaves its records behind
+    let mut bystander = Command::new("sleep").arg("600").spawn().unwrap();
+    std::fs::write(
+        dir.path().join(bystander.id().to_string()),
+        "1 a-reused-pid\n",
+    )
+    .unwrap();
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dev/reap-test-processes"
+    ))
+    .env("CREDSWAP_TEST_PIDS", dir.path())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status = orphan.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the recorded orphan was killed: {status:?}"
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "a process whose start time does not match was left alone"
+    );
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "records removed"
+    );
+}

@@ -147,7 +147,23 @@ fn unavailable(detail: &str) -> Scripted {
     source
 }
 
+/// The rotator task ends with its test, also when an assertion fails.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Harness {
+    /// An API rotation, waited for.
+    async fn rotate_and_wait(&self) -> RotationReport {
+        self.target
+            .rotate(Trigger::Api, false, true)
+            .await
+            .expect("the rotator runs")
+            .expect("asked to wait, so there is a report")
+    }
+
     /// The next finished rotation's report.
     async fn finished(&mut self) -> RotationReport {
         loop {
@@ -170,12 +186,7 @@ async fn startup_swaps_and_an_unchanged_version_does_not() {
         matches!(r.outcome, Outcome::Swapped { generation: 1 }),
         "{r:?}"
     );
-    let r = h
-        .target
-        .rotate(Trigger::Api, false, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = h.rotate_and_wait().await;
     assert!(
         matches!(
             r.outcome,
@@ -186,18 +197,12 @@ async fn startup_swaps_and_an_unchanged_version_does_not() {
         "{r:?}"
     );
     *h.source.version.lock().unwrap() = "v2".into();
-    let r = h
-        .target
-        .rotate(Trigger::Api, false, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = h.rotate_and_wait().await;
     assert!(
         matches!(r.outcome, Outcome::Swapped { generation: 2 }),
         "{r:?}"
     );
     assert_eq!(h.target.current().unwrap().credential_version, "v2");
-    h.task.abort();
 }
 
 /// Triggers that arrive while a rotation runs are merged into one follow-up.
@@ -226,7 +231,6 @@ async fn a_storm_of_triggers_coalesces_into_one_follow_up() {
     // Nothing else is pending: a minute later there are still only the start-up fetch and two.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(h.source.current_calls(), 3, "{:?}", h.source.calls());
-    h.task.abort();
 }
 
 /// A trigger within `min_rotation_interval` of the last attempt waits for the interval; an
@@ -254,7 +258,6 @@ async fn min_rotation_interval_gates_all_but_auth_failures() {
         "an auth failure waited {:?}",
         auth - gated
     );
-    h.task.abort();
 }
 
 /// A failing store is retried with exponential backoff and full jitter: every wait is at most
@@ -295,7 +298,6 @@ async fn failures_back_off_exponentially_within_the_cap() {
         "{:?}",
         status.reason
     );
-    h.task.abort();
 }
 
 /// After `failures` store errors in a row the breaker opens: rotations fail at once without
@@ -316,12 +318,7 @@ async fn the_breaker_opens_after_repeated_store_failures_and_probes_later() {
         h.finished().await;
     }
     assert_eq!(h.source.current_calls(), 3);
-    let r = h
-        .target
-        .rotate(Trigger::Api, false, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = h.rotate_and_wait().await;
     assert!(
         matches!(&r.outcome, Outcome::Failed(f) if matches!(f.cause, FailureCause::BreakerOpen { failures: 3, .. })),
         "{r:?}"
@@ -343,7 +340,6 @@ async fn the_breaker_opens_after_repeated_store_failures_and_probes_later() {
     assert_eq!(h.source.current_calls(), 4, "exactly one probe");
     assert_eq!(h.target.status().breaker, BreakerState::Closed);
     assert_eq!(h.target.status().state, TargetState::Ready);
-    h.task.abort();
 }
 
 /// The live pool's credentials refused: the rotator fetches at once, and with new credentials
@@ -376,7 +372,6 @@ async fn an_auth_failure_fetches_at_once_and_swaps_to_working_credentials() {
         "{r:?}"
     );
     assert_eq!(h.target.current().unwrap().credential_version, "v2");
-    h.task.abort();
 }
 
 /// The password changed behind credswap's back (not in the store): every new connection is
@@ -436,5 +431,4 @@ async fn refused_credentials_back_off_and_stay_degraded() {
         1,
         "the live generation keeps serving"
     );
-    h.task.abort();
 }
