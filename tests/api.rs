@@ -821,3 +821,162 @@ async fn backend_pid(d: &Daemon) -> Value {
         .1["rows"][0][0]
         .clone()
 }
+
+/// A batch is bounded as a whole: at most `api.max_batch_statements` statements, `max_rows` and
+/// `max_response_bytes` for all its statements together, one deadline for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_bounded_as_a_whole() {
+    let (_db, _dir, d) = one_target(
+        "",
+        "max_batch_statements = 3\nmax_rows = 10\nmax_response_bytes = 4096",
+    )
+    .await;
+    let batch = |statements: &[&str], timeout_ms: u64| {
+        json!({
+            "statements": statements.iter().map(|s| json!({"sql": s})).collect::<Vec<_>>(),
+            "timeout_ms": timeout_ms,
+        })
+    };
+    let refused = |v: &Value, status: u16, s: u16, words: &str| {
+        assert_eq!(s, status, "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{message}");
+    };
+    let (s, v, _) = d
+        .call(
+            "POST",
+            "/v1/targets/app/batch",
+            Some(batch(&["SELECT 1"; 4], 10_000)),
+        )
+        .await;
+    refused(
+        &v,
+        413,
+        s,
+        "at most 3 are accepted (api.max_batch_statements)",
+    );
+
+    // Each statement alone fits; together they do not.
+    let big = "SELECT repeat('x', 1500)";
+    let (s, v, _) = d.query("app", json!({ "sql": big })).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v, _) = d
+        .call(
+            "POST",
+            "/v1/targets/app/batch",
+            Some(batch(&[big, big, big], 10_000)),
+        )
+        .await;
+    refused(&v, 413, s, "larger than 4096 bytes");
+    refused(&v, 413, s, "all its statements together");
+
+    let six = "SELECT g FROM generate_series(1, 6) g";
+    let (s, v, _) = d.query("app", json!({ "sql": six })).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v, _) = d
+        .call(
+            "POST",
+            "/v1/targets/app/batch",
+            Some(batch(&[six, six], 10_000)),
+        )
+        .await;
+    refused(&v, 413, s, "more than 10 rows");
+
+    // Three statements of 0.6 s each, 1.5 s for the batch: each alone would finish in time.
+    let nap = "SELECT pg_sleep(0.6)";
+    let (s, v, _) = d
+        .call(
+            "POST",
+            "/v1/targets/app/batch",
+            Some(batch(&[nap, nap, nap], 1500)),
+        )
+        .await;
+    refused(&v, 504, s, "did not finish within 1500 ms");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("statement 2:"),
+        "{v}"
+    );
+    let (s, v, _) = d
+        .call(
+            "POST",
+            "/v1/targets/app/batch",
+            Some(batch(&[nap, nap], 1500)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Answers share one daemon-wide budget (`api.max_response_memory`): while one request holds
+/// most of it, another large answer is refused at once with 503 naming the limit; once the
+/// first has been answered, the same request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_memory_is_shared_by_all_requests() {
+    let (db, _dir, d) = one_target(
+        "",
+        "max_response_bytes = 40000\nmax_response_memory = 81920",
+    )
+    .await;
+    let holder = {
+        let socket = d.socket_path().to_path_buf();
+        let body = json!({"statements": [
+            {"sql": "SELECT repeat('x', 30000)"},
+            {"sql": "SELECT pg_sleep(1.5)"},
+        ]});
+        tokio::spawn(async move {
+            credswap::api::client::request(
+                &socket,
+                "POST",
+                "/v1/targets/app/batch",
+                Some(body.to_string()),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    db.wait_running("SELECT pg_sleep(1.5)", 1).await;
+    let large = json!({"sql": "SELECT repeat('y', 30000)"});
+    let (s, v, _) = d.query("app", large.clone()).await;
+    assert_eq!(s, 503, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("api.max_response_memory, 81920 bytes"),
+        "{message}"
+    );
+    // A small answer still fits beside the held one.
+    let (s, v, _) = d.query("app", json!({"sql": "SELECT 1"})).await;
+    assert_eq!(s, 200, "{v}");
+    let held = holder.await.unwrap();
+    assert_eq!(held.status, 200, "{}", String::from_utf8_lossy(&held.body));
+    let (s, v, _) = d.query("app", large).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A peer that may not use a target is answered 403 before its request body is read: a
+/// request head announcing a large body that never comes is refused at once.
+#[tokio::test]
+async fn refused_peers_are_answered_before_their_body_is_read() {
+    let (_db, _dir, d) = one_target("allow_uids = [4242]", "socket_mode = \"0666\"").await;
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"POST /v1/targets/app/query HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n")
+try:
+    print(s.recv(4096).decode().split("\r\n")[0])
+except socket.timeout:
+    print("no answer within 5 s")
+"#;
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["python3", "-c", script])
+        .arg(d.socket_path())
+        .output()
+        .expect("setpriv and python3 run");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(answer.trim(), "HTTP/1.1 403 Forbidden", "{out:?}");
+}

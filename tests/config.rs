@@ -378,3 +378,27 @@ fn postgres_front_end_settings() {
     ));
     assert!(e.iter().any(|e| e.contains("postgres.socket_dir")), "{e:?}");
 }
+
+/// The response limits: defaults, and a memory budget that could never hold one maximal answer
+/// (held twice while it is encoded) is refused with both keys named.
+#[test]
+fn response_limits() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(
+        (c.api.max_batch_statements, c.api.max_response_memory),
+        (100, 32 << 20)
+    );
+    let e = errors(&format!(
+        "[api]\nmax_response_bytes = 1000\nmax_response_memory = 1999\nmax_batch_statements = 0\n{GOOD}"
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("api.max_response_memory")
+                && e.contains("twice api.max_response_bytes")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.contains("api.max_batch_statements")),
+        "{e:?}"
+    );
+}

@@ -4,6 +4,7 @@
 //! ([`crate::targets`]) and runs the statement ([`query`], [`types`]); errors are
 //! [`crate::http::ApiError`].
 
+pub mod budget;
 pub mod client;
 pub mod query;
 pub mod routes;
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub shutdown: Shutdown,
     /// Keeps refusals from flooding the log.
     pub refusals: crate::listen::ratelimit::LogThrottle,
+    /// What all requests' answers may hold at once (`api.max_response_memory`).
+    pub response_memory: budget::ResponseMemory,
 }
 
 impl ApiState {
@@ -61,6 +64,7 @@ impl ApiState {
             reload: None,
             shutdown,
             refusals: Default::default(),
+            response_memory: budget::ResponseMemory::new(api.max_response_memory),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! `POST /v1/targets/{t}/query` and `/batch`: SQL on the target's current generation.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Statement;
 
+use super::budget::Budget;
 use super::types::{self, Cell, TextParam};
 use crate::http::ApiError;
 use crate::targets::Checkout;
@@ -67,21 +68,31 @@ pub struct Column {
     pub ty: String,
 }
 
-/// What a statement returned.
+/// What a statement returned. Each row is encoded as it arrives (so its size is known and
+/// the decoded values are freed at once).
 #[derive(Debug, Serialize)]
 pub struct QueryResult {
     pub columns: Vec<Column>,
-    pub rows: Vec<Value>,
+    pub rows: Vec<Box<RawValue>>,
     pub row_count: u64,
     pub command: String,
 }
 
-/// Limits a statement runs under.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_rows: usize,
-    pub max_response_bytes: usize,
-    pub timeout: Option<Duration>,
+/// A value's size on the wire, read without decoding it.
+struct WireSize(usize);
+
+impl<'a> FromSql<'a> for WireSize {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireSize(raw.len()))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireSize(0))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
 }
 
 /// The first keyword of the SQL, as PostgreSQL's command tag names it.
@@ -145,14 +156,16 @@ fn check_columns(statement: &Statement) -> Result<Vec<Column>, ApiError> {
         .collect()
 }
 
-/// Runs one statement on `conn` under `limits`.
+/// Runs one statement on `conn`, charging what it returns to `budget`. Past the budget's
+/// deadline the statement is cancelled on the server and the connection is not reused.
 pub async fn run(
     conn: &Checkout,
     sql: &str,
     params: &[Value],
     format: RowFormat,
-    limits: Limits,
+    budget: &mut Budget,
 ) -> Result<QueryResult, ApiError> {
+    let deadline = budget.deadline();
     let work = async {
         let statement = conn
             .prepare_cached(sql)
@@ -164,20 +177,20 @@ pub async fn run(
             .query_raw(&statement, bound.iter())
             .await
             .map_err(|e| ApiError::sql(&e))?;
-        collect(stream, &columns, format, limits).await
+        collect(stream, columns, format, budget).await
     };
-    match limits.timeout {
+    match deadline {
         None => work.await,
-        Some(t) => match tokio::time::timeout(t, work).await {
+        Some((at, timeout)) => match tokio::time::timeout_at(at, work).await {
             Ok(r) => r,
             Err(_) => {
-                // Stop the statement on the server too; the connection stays usable.
+                // Stop the statement on the server too.
                 if let Err(e) = conn.conn().cancel().await {
                     tracing::warn!(error = %e, "could not cancel a statement past its timeout");
                 }
                 Err(ApiError::timeout(format!(
-                    "the statement did not finish within {} ms",
-                    t.as_millis()
+                    "the request did not finish within {} ms (one deadline for a query, or for a whole batch)",
+                    timeout.as_millis()
                 )))
             }
         },
@@ -190,22 +203,24 @@ pub async fn run(
 
 async fn collect(
     stream: tokio_postgres::RowStream,
-    columns: &[Column],
+    columns: Vec<Column>,
     format: RowFormat,
-    limits: Limits,
+    budget: &mut Budget,
 ) -> Result<QueryResult, ApiError> {
     use futures_util::StreamExt;
     let mut stream = std::pin::pin!(stream);
     let mut rows = Vec::new();
-    let mut bytes = 0usize;
     while let Some(row) = stream.next().await {
         let row = row.map_err(|e| ApiError::sql(&e))?;
-        if rows.len() == limits.max_rows {
-            return Err(ApiError::payload_too_large(format!(
-                "the result has more than {} rows; add a LIMIT, or ask for more with max_rows (up to the server's limit)",
-                limits.max_rows
-            )));
+        budget.take_row()?;
+        let mut wire = 0usize;
+        for (i, column) in columns.iter().enumerate() {
+            let WireSize(n) = row
+                .try_get(i)
+                .map_err(|e| ApiError::bad_request(format!("column \"{}\": {e}", column.name)))?;
+            wire = wire.saturating_add(n);
         }
+        budget.check_field(wire)?;
         let mut cells = Vec::with_capacity(columns.len());
         for (i, column) in columns.iter().enumerate() {
             let Cell(v) = row
@@ -213,6 +228,7 @@ async fn collect(
                 .map_err(|e| ApiError::bad_request(format!("column \"{}\": {e}", column.name)))?;
             cells.push(v);
         }
+        drop(row);
         let value = match format {
             RowFormat::Array => Value::Array(cells),
             RowFormat::Object => Value::Object(
@@ -223,35 +239,27 @@ async fn collect(
                     .collect::<Map<String, Value>>(),
             ),
         };
-        bytes += serde_json::to_vec(&value).map_or(0, |v| v.len()) + 1;
-        if bytes > limits.max_response_bytes {
-            return Err(ApiError::payload_too_large(format!(
-                "the result is larger than {} bytes; select fewer rows or columns",
-                limits.max_response_bytes
-            )));
-        }
-        rows.push(value);
+        let encoded = serde_json::value::to_raw_value(&value)
+            .map_err(|e| ApiError::bad_request(format!("a row could not be encoded: {e}")))?;
+        drop(value);
+        budget.charge(encoded.get().len() + 1)?;
+        rows.push(encoded);
     }
     let row_count = stream.rows_affected().unwrap_or(rows.len() as u64);
     Ok(QueryResult {
-        columns: columns
-            .iter()
-            .map(|c| Column {
-                name: c.name.clone(),
-                ty: c.ty.clone(),
-            })
-            .collect(),
+        columns,
         rows,
         row_count,
         command: String::new(),
     })
 }
 
-/// Runs a batch: one connection, optionally one transaction (rolled back on any error).
+/// Runs a batch: one connection, optionally one transaction (rolled back on any error), one
+/// budget and one deadline for all its statements.
 pub async fn run_batch(
     conn: &Checkout,
     batch: &BatchRequest,
-    limits: Limits,
+    budget: &mut Budget,
 ) -> Result<Vec<QueryResult>, (usize, ApiError)> {
     if batch.transaction {
         conn.batch_execute("BEGIN")
@@ -260,7 +268,7 @@ pub async fn run_batch(
     }
     let mut results = Vec::new();
     for (i, s) in batch.statements.iter().enumerate() {
-        match run(conn, &s.sql, &s.params, s.row_format, limits).await {
+        match run(conn, &s.sql, &s.params, s.row_format, budget).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 if batch.transaction && conn.batch_execute("ROLLBACK").await.is_err() {

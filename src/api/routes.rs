@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::query::{self, BatchRequest, Limits, QueryRequest};
+use super::budget::Budget;
+use super::query::{self, BatchRequest, QueryRequest};
 use super::session;
 use super::ApiState;
 use crate::config::access::Peer;
@@ -29,6 +30,12 @@ pub struct PeerInfo(pub Option<Peer>);
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Reads the body of a request whose peer has been checked already: a peer that may not make
+/// the request is answered before its body is read (within `api.max_body_bytes`).
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    Body::from_request(request, &()).await.map(|Body(b)| b)
 }
 
 impl ApiState {
@@ -97,12 +104,14 @@ impl ApiState {
         )))
     }
 
-    fn limits(
+    /// The budget of one query or batch: the target's `statement_timeout` caps the deadline
+    /// a client asks for.
+    fn budget(
         &self,
         target: &TargetHandle,
         timeout_ms: Option<u64>,
         max_rows: Option<usize>,
-    ) -> Limits {
+    ) -> Budget {
         let ceiling = target.settings().pool.statement_timeout;
         let asked = timeout_ms.map(Duration::from_millis);
         let timeout = match (asked, ceiling.is_zero()) {
@@ -111,11 +120,12 @@ impl ApiState {
             (None, false) => Some(ceiling),
             (None, true) => None,
         };
-        Limits {
-            max_rows: max_rows.unwrap_or(self.api.max_rows).min(self.api.max_rows),
-            max_response_bytes: self.api.max_response_bytes,
+        Budget::new(
+            max_rows.unwrap_or(self.api.max_rows).min(self.api.max_rows),
+            self.api.max_response_bytes,
             timeout,
-        }
+            &self.response_memory,
+        )
     }
 }
 
@@ -199,29 +209,31 @@ pub async fn query(
     State(state): State<Arc<ApiState>>,
     Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
-    Body(body): Body,
-) -> Result<Json<query::QueryResult>, ApiError> {
+    http_request: Request,
+) -> Result<Response, ApiError> {
     let peer = state.peer(&info)?;
     let target = state.authorize(&peer, &name)?;
-    let request: QueryRequest = parse(&body)?;
+    let request: QueryRequest = parse(&read_body(http_request).await?)?;
     let effect = session::effect(&request.sql)?;
     let started = Instant::now();
     let result = async {
         let conn = checkout(&state, &target).await?;
         let mut reuse = session::Reuse::new(&conn);
-        let limits = state.limits(&target, request.timeout_ms, request.max_rows);
+        let mut budget = state.budget(&target, request.timeout_ms, request.max_rows);
         let result = query::run(
             &conn,
             &request.sql,
             &request.params,
             request.row_format,
-            limits,
+            &mut budget,
         )
         .await;
         if effect == session::Effect::None && session::leaves_clean(result.as_ref().err()) {
             reuse.keep();
         }
-        result
+        drop(reuse);
+        drop(conn);
+        budget.respond(result?)
     }
     .await;
     state.metrics.query(
@@ -229,7 +241,7 @@ pub async fn query(
         if result.is_ok() { "ok" } else { "error" },
         started.elapsed(),
     );
-    result.map(Json)
+    result
 }
 
 async fn checkout(state: &ApiState, target: &TargetHandle) -> Result<Checkout, ApiError> {
@@ -246,13 +258,20 @@ pub async fn batch(
     State(state): State<Arc<ApiState>>,
     Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
-    Body(body): Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    http_request: Request,
+) -> Result<Response, ApiError> {
     let peer = state.peer(&info)?;
     let target = state.authorize(&peer, &name)?;
-    let request: BatchRequest = parse(&body)?;
+    let request: BatchRequest = parse(&read_body(http_request).await?)?;
     if request.statements.is_empty() {
         return Err(ApiError::bad_request("statements is empty"));
+    }
+    if request.statements.len() > state.api.max_batch_statements {
+        return Err(ApiError::payload_too_large(format!(
+            "the batch has {} statements; at most {} are accepted (api.max_batch_statements)",
+            request.statements.len(),
+            state.api.max_batch_statements
+        )));
     }
     let mut effect = session::Effect::None;
     for (i, s) in request.statements.iter().enumerate() {
@@ -265,14 +284,16 @@ pub async fn batch(
     let result = async {
         let conn = checkout(&state, &target).await?;
         let mut reuse = session::Reuse::new(&conn);
-        let limits = state.limits(&target, request.timeout_ms, None);
-        let result = query::run_batch(&conn, &request, limits).await;
+        let mut budget = state.budget(&target, request.timeout_ms, None);
+        let result = query::run_batch(&conn, &request, &mut budget).await;
         if effect == session::Effect::None
             && session::leaves_clean(result.as_ref().err().map(|(_, e)| e))
         {
             reuse.keep();
         }
-        result.map_err(|(i, mut e)| {
+        drop(reuse);
+        drop(conn);
+        let results = result.map_err(|(i, mut e)| {
             e.message = format!(
                 "statement {i}: {}{}",
                 e.message,
@@ -283,7 +304,8 @@ pub async fn batch(
                 }
             );
             e
-        })
+        })?;
+        budget.respond(BatchAnswer { results })
     }
     .await;
     state.metrics.query(
@@ -291,7 +313,13 @@ pub async fn batch(
         if result.is_ok() { "ok" } else { "error" },
         started.elapsed(),
     );
-    result.map(|results| Json(json!({ "results": results })))
+    result
+}
+
+/// What `/batch` answers.
+#[derive(serde::Serialize)]
+struct BatchAnswer {
+    results: Vec<query::QueryResult>,
 }
 
 #[derive(Deserialize, Default)]
@@ -307,11 +335,12 @@ pub async fn rotate(
     State(state): State<Arc<ApiState>>,
     Extension(info): Extension<PeerInfo>,
     Path(name): Path<String>,
-    Body(body): Body,
+    http_request: Request,
 ) -> Result<Response, ApiError> {
     let peer = state.peer(&info)?;
     let target = state.authorize(&peer, &name)?;
     state.require_admin(&peer, "rotate")?;
+    let body = read_body(http_request).await?;
     let request: RotateRequest = if body.is_empty() {
         RotateRequest::default()
     } else {

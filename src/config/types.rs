@@ -207,9 +207,16 @@ pub struct ApiConfig {
     /// Default and ceiling of rows one query may return.
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,
-    /// Largest JSON response of a query.
+    /// Largest JSON response of a query, and of a whole batch.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// Most statements one batch may hold.
+    #[serde(default = "default_max_batch_statements")]
+    pub max_batch_statements: usize,
+    /// Response memory of all requests together: a result that would take more is refused
+    /// (503) instead of growing the daemon.
+    #[serde(default = "default_max_response_memory")]
+    pub max_response_memory: usize,
     /// Requests per second each peer uid may make (token bucket); 0 turns it off.
     #[serde(default = "default_rate")]
     pub rate_limit_per_second: f64,
@@ -239,6 +246,8 @@ impl Default for ApiConfig {
             max_body_bytes: default_max_body(),
             max_rows: default_max_rows(),
             max_response_bytes: default_max_response(),
+            max_batch_statements: default_max_batch_statements(),
+            max_response_memory: default_max_response_memory(),
             rate_limit_per_second: default_rate(),
             rate_limit_burst: default_burst(),
             max_connections: default_max_connections(),
@@ -265,6 +274,12 @@ fn default_max_rows() -> usize {
 }
 fn default_max_response() -> usize {
     16 << 20
+}
+fn default_max_batch_statements() -> usize {
+    100
+}
+fn default_max_response_memory() -> usize {
+    32 << 20
 }
 fn default_rate() -> f64 {
     0.0

@@ -232,6 +232,21 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
             "max_connections and max_connections_per_uid must be more than zero",
         );
     }
+    if raw.api.max_batch_statements == 0 {
+        c.error(
+            "api.max_batch_statements".into(),
+            "must be at least 1; e.g. 100",
+        );
+    }
+    if raw.api.max_response_memory / 2 < raw.api.max_response_bytes {
+        c.error(
+            "api.max_response_memory".into(),
+            format!(
+                "is {} bytes, less than twice api.max_response_bytes ({}): an answer is held twice while it is encoded, so one of the largest allowed size could never be sent; fix: raise max_response_memory or lower max_response_bytes",
+                raw.api.max_response_memory, raw.api.max_response_bytes
+            ),
+        );
+    }
     if raw.api.rate_limit_per_second < 0.0 || !raw.api.rate_limit_per_second.is_finite() {
         c.error(
             "api.rate_limit_per_second".into(),
@@ -248,6 +263,8 @@ fn validate_api(raw: &FileConfig, c: &mut Collector<'_>) -> Api {
         max_body_bytes: raw.api.max_body_bytes,
         max_rows: raw.api.max_rows,
         max_response_bytes: raw.api.max_response_bytes,
+        max_batch_statements: raw.api.max_batch_statements,
+        max_response_memory: raw.api.max_response_memory,
         rate_limit_per_second: raw.api.rate_limit_per_second,
         rate_limit_burst: raw.api.rate_limit_burst.max(1),
         max_connections: raw.api.max_connections,
