@@ -576,3 +576,28 @@ async fn an_unfinished_request_head_is_closed() {
     let closed = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the half-sent request kept its connection");
 }
+
+/// A request whose headers alone fail (no token, no signature that could pass) is refused with
+/// 401 before its body is read: a head announcing 60,000 bytes that never come is answered at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_by_its_headers_is_answered_before_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(Transport::Tcp, 100.0).await;
+    let port = s.listener.as_ref().unwrap().local_addr.unwrap().port();
+    for signature in ["", "x-credswap-signature: t=1,v1=00\r\n"] {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /v1/webhooks/rotate HTTP/1.1\r\nhost: x\r\n{signature}content-type: application/json\r\ncontent-length: 60000\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("no answer before the body ({signature:?})"))
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 401", "{signature:?}");
+    }
+}

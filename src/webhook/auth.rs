@@ -167,25 +167,47 @@ impl Verifier {
         body: &[u8],
         now: u64,
     ) -> Verdict {
-        if let (Some(want), Some(got)) = (&self.token, token) {
-            let got = if self.token_header == "authorization" {
-                got.strip_prefix("Bearer ").unwrap_or("")
-            } else {
-                got
-            };
-            if same(want.expose_secret().as_bytes(), got.as_bytes()) {
-                return Verdict::Ok;
-            }
+        if self.token_matches(token) {
+            return Verdict::Ok;
         }
-        match signature {
-            Some(sig) if !self.keys.is_empty() => self.check_signature(sig, body, now),
-            _ => Verdict::Refused,
+        match signature.and_then(|sig| self.parse_signature(sig, now)) {
+            Some(signed) => self.check_signature(signed, body, now),
+            None => Verdict::Refused,
         }
     }
 
-    fn check_signature(&self, header: &str, body: &[u8], now: u64) -> Verdict {
-        if header.len() > MAX_SIGNATURE_HEADER {
-            return Verdict::Refused;
+    /// Whether the headers alone settle it: no valid token, and no signature header that
+    /// could pass (missing, too long, too many candidates, no timestamp, outside the window).
+    /// Such a request is refused before its body is read.
+    pub fn refuses_by_headers(
+        &self,
+        signature: Option<&str>,
+        token: Option<&str>,
+        now: u64,
+    ) -> bool {
+        !self.token_matches(token)
+            && signature
+                .and_then(|sig| self.parse_signature(sig, now))
+                .is_none()
+    }
+
+    fn token_matches(&self, token: Option<&str>) -> bool {
+        let (Some(want), Some(got)) = (&self.token, token) else {
+            return false;
+        };
+        let got = if self.token_header == "authorization" {
+            got.strip_prefix("Bearer ").unwrap_or("")
+        } else {
+            got
+        };
+        same(want.expose_secret().as_bytes(), got.as_bytes())
+    }
+
+    /// The timestamp and the (at most [`MAX_CANDIDATES`]) candidate MACs of a signature header
+    /// that may pass; `None` when it cannot.
+    fn parse_signature(&self, header: &str, now: u64) -> Option<(u64, Vec<Vec<u8>>)> {
+        if self.keys.is_empty() || header.len() > MAX_SIGNATURE_HEADER {
+            return None;
         }
         let mut timestamp = None;
         let mut candidates = Vec::new();
@@ -195,16 +217,23 @@ impl Verifier {
                 Some(("v1", v)) if candidates.len() < MAX_CANDIDATES => {
                     candidates.extend(decode_hex(v))
                 }
-                Some(("v1", _)) => return Verdict::Refused,
+                Some(("v1", _)) => return None,
                 _ => {}
             }
         }
-        let Some(t) = timestamp else {
-            return Verdict::Refused;
-        };
+        let t = timestamp?;
         if t.abs_diff(now) > self.max_skew.as_secs() || candidates.is_empty() {
-            return Verdict::Refused;
+            return None;
         }
+        Some((t, candidates))
+    }
+
+    fn check_signature(
+        &self,
+        (t, candidates): (u64, Vec<Vec<u8>>),
+        body: &[u8],
+        now: u64,
+    ) -> Verdict {
         // One MAC per key, then constant-time comparisons against the few candidates.
         let macs: Vec<_> = self
             .keys

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
@@ -76,26 +76,38 @@ async fn rotate(
     State(state): State<Arc<WebhookState>>,
     Extension(client): Extension<ClientAddr>,
     headers: HeaderMap,
-    Body(body): Body,
+    request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     state
         .limiter
         .take(client.clone())
         .map_err(ApiError::rate_limited)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verdict = state.verifier.check(
+    let (signature, token, now) = (
         header(SIGNATURE_HEADER),
         header(state.verifier.token_header()),
-        &body,
         auth::now(),
     );
-    if verdict == Verdict::Refused {
-        if let Some(held) = state.refusals.allow() {
-            tracing::warn!(client = ?client, refusals_not_logged = held, "webhook refused: bad or missing signature or token");
+    // What the headers alone refuse is refused before the body is read.
+    if !state.verifier.refuses_by_headers(signature, token, now) {
+        let Body(body) = Body::from_request(request, &()).await?;
+        if state.verifier.check(signature, token, &body, now) == Verdict::Ok {
+            return accept(&state, &client, &body).await;
         }
-        return Err(ApiError::unauthorized());
     }
-    let selectors = payload::parse(&body).map_err(ApiError::bad_request)?;
+    if let Some(held) = state.refusals.allow() {
+        tracing::warn!(client = ?client, refusals_not_logged = held, "webhook refused: bad or missing signature or token");
+    }
+    Err(ApiError::unauthorized())
+}
+
+/// An authenticated webhook: the targets its payload names are rotated.
+async fn accept(
+    state: &WebhookState,
+    client: &ClientAddr,
+    body: &[u8],
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let selectors = payload::parse(body).map_err(ApiError::bad_request)?;
     let targets = state.targets.all();
     let settings: Vec<_> = targets.iter().map(|t| t.settings()).collect();
     let mut names: Vec<String> = selectors
