@@ -106,4 +106,25 @@ pg = [
     b"\x07" + pg_message(b"D", b"\0\x01\0\0\0\x03abc") + pg_message(b"Z", b"E"),
 ]
 write("pg_wire", pg)
+
+batches = [
+    {"statements": [{"sql": "SELECT 1"}]},
+    {"statements": [{"sql": "INSERT INTO t VALUES ($1, $2)", "params": [1, "a"]},
+                    {"sql": "SELECT * FROM t", "row_format": "object"}], "transaction": True, "timeout_ms": 500},
+    {"statements": [{"sql": "BEGIN"}, {"sql": "SET search_path TO other"}], "transaction": False},
+    {"statements": [{"sql": "-- c\n/* d */ SELECT set_config('a.b', 'c', false)"}, {"sql": "LISTEN x"}]},
+    {"statements": [{"sql": "SELECT repeat('x', 12000000)"}] * 40},
+]
+write("api_batch", [json.dumps(b) for b in batches])
+
+# Signature headers: flags byte, then the header (fuzz_targets/webhook_signature.rs).
+signatures = [
+    b"\x00t=1800000000,v1=00ff",
+    b"\x03t=1800000000,v1=00,v1=11,v1=22,v1=33",
+    b"\x01" + b"t=1800000000" + b",v1=00" * 200,
+    b"\x02t=1799999000,v1=" + b"ab" * 32,
+    b"\x00v1=" + b"ab" * 32 + b",t=1800000100,t=x",
+    b"\x01t=,v1=,=,,,",
+]
+write("webhook_signature", signatures)
 print("seeds written:", {t: len(os.listdir(os.path.join(HERE, 'seeds', t))) for t in os.listdir(os.path.join(HERE, 'seeds'))})

@@ -96,7 +96,7 @@ impl<'a> FromSql<'a> for WireSize {
 }
 
 /// The first keyword of the SQL, as PostgreSQL's command tag names it.
-pub(crate) fn command_of(sql: &str) -> String {
+pub fn command_of(sql: &str) -> String {
     let mut rest = sql.trim_start();
     loop {
         if let Some(r) = rest.strip_prefix("--") {
