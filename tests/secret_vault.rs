@@ -469,6 +469,44 @@ async fn the_store_over_tls_with_its_ca_file() {
     assert_eq!(src.fetch(Stage::Current).await.unwrap().username, "app");
 }
 
+/// A `ca_file` pins the store's CA: the system's roots are not consulted. Here the system
+/// trust (`SSL_CERT_FILE`, which the platform verifier reads) holds the store's CA, so the
+/// store is trusted without a `ca_file`, and not with the `ca_file` of another CA.
+#[tokio::test]
+async fn a_ca_file_pins_the_store_ca() {
+    let bao = Bao::start_tls();
+    // This test runs in a process of its own (nextest), before any client reads the roots.
+    std::env::set_var("SSL_CERT_FILE", bao.ca_file());
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bao
+        .call_with(BAO_ROOT_TOKEN, "GET", "sys/health", None)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "OpenBao TLS did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bao.kv2_put("app/rw", json!({"username": "app", "password": "p"}))
+        .await;
+    let auth = VaultAuth::Token {
+        token_file: Some(secret_file(dir.path(), "token", BAO_ROOT_TOKEN)),
+    };
+    let mut c = cfg(&bao, auth, VaultEngine::Kv2, "app/rw");
+    let src = VaultSource::new(&c)
+        .await
+        .expect("the system trust holds the store's CA");
+    assert_eq!(src.fetch(Stage::Current).await.unwrap().username, "app");
+    c.ca_file = Some(pki().ca_cert().to_path_buf());
+    let Err(err) = VaultSource::new(&c).await else {
+        panic!("a ca_file of another CA was not pinned: the system's roots were used")
+    };
+    assert!(matches!(err, SecretError::Unavailable { .. }), "{err:?}");
+}
+
 /// With `auth = { method = "token" }` and no token file, the daemon takes its token from
 /// `$VAULT_TOKEN` (how `bao`/`vault` CLIs and most deployments hand it over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! AWS Secrets Manager. The version stage is always passed explicitly (default `AWSCURRENT`):
 //! without it some implementations return a stale version after a stage move.
 
+use crate::secret::wipe::SecretText;
+use secrecy::zeroize::Zeroizing;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -105,13 +107,19 @@ impl SecretSource for AwsSource {
                 .send()
                 .await
                 .map_err(|e| map_error(e, what.clone()))?;
-            let text = match (out.secret_string(), out.secret_binary()) {
-                (Some(s), _) => s.to_string(),
+            let version = out.version_id().unwrap_or_default().to_string();
+            // Taken out of the SDK's answer (not copied) so that it is zeroed when dropped.
+            let mut out = out;
+            let text = match (out.secret_string.take(), out.secret_binary.take()) {
+                (Some(s), _) => SecretText::new(s),
                 (None, Some(b)) => {
-                    String::from_utf8(b.as_ref().to_vec()).map_err(|_| SecretError::Malformed {
-                        what: what.clone(),
-                        detail: "SecretBinary is not UTF-8 text".into(),
-                    })?
+                    SecretText::new(String::from_utf8(b.into_inner()).map_err(|e| {
+                        drop(Zeroizing::new(e.into_bytes()));
+                        SecretError::Malformed {
+                            what: what.clone(),
+                            detail: "SecretBinary is not UTF-8 text".into(),
+                        }
+                    })?)
                 }
                 (None, None) => {
                     return Err(SecretError::Malformed {
@@ -128,7 +136,7 @@ impl SecretSource for AwsSource {
             Ok(Credentials {
                 username: p.username,
                 password: p.password,
-                version: out.version_id().unwrap_or_default().to_string(),
+                version,
                 lease: None,
                 overrides: p.overrides,
                 next_rotation: None,

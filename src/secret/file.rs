@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::dev::content_version;
 use super::payload::{self, KeyNames};
+use super::wipe::SecretText;
 use super::{BoxFuture, Credentials, SecretError, SecretSource, Stage};
 pub use crate::config::sources::{FileFormat, FileSourceConfig};
 
@@ -96,7 +97,7 @@ impl FileSource {
         format!("credentials file {}", self.path.display())
     }
 
-    async fn read(&self) -> Result<(String, Stamp), SecretError> {
+    async fn read(&self) -> Result<(SecretText, Stamp), SecretError> {
         let meta = tokio::fs::metadata(&self.path)
             .await
             .map_err(|e| self.io_error(e))?;
@@ -110,9 +111,11 @@ impl FileSource {
                 ),
             });
         }
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|e| self.io_error(e))?;
+        let text = SecretText::new(
+            tokio::fs::read_to_string(&self.path)
+                .await
+                .map_err(|e| self.io_error(e))?,
+        );
         Ok((text, Stamp::of(&meta)))
     }
 

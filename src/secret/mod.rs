@@ -11,6 +11,7 @@ pub mod dev;
 pub mod file;
 mod payload;
 pub mod vault;
+pub mod wipe;
 
 use std::future::Future;
 use std::pin::Pin;

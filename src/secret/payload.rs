@@ -5,6 +5,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::wipe::SecretJson;
 use super::{Overrides, SecretError};
 
 /// The key names of the username and password inside a secret.
@@ -41,9 +42,9 @@ fn malformed(what: &str, detail: impl Into<String>) -> SecretError {
 /// `host`, `port`, `dbname`.
 pub fn from_json_text(text: &str, keys: &KeyNames, what: &str) -> Result<Parsed, SecretError> {
     // serde_json's syntax errors give a position, never the text around it.
-    let value: Value =
+    let value: SecretJson =
         serde_json::from_str(text).map_err(|e| malformed(what, format!("not valid JSON ({e})")))?;
-    from_json(&value, keys, what)
+    from_json(&value.0, keys, what)
 }
 
 /// Like [`from_json_text`], from a parsed value (Vault KV data).
@@ -108,7 +109,8 @@ pub fn from_key_value(text: &str, keys: &KeyNames, what: &str) -> Result<Parsed,
         username: keys.username.to_ascii_lowercase(),
         password: keys.password.to_ascii_lowercase(),
     };
-    from_json(&Value::Object(map), &lower, what)
+    let map = SecretJson(Value::Object(map));
+    from_json(&map.0, &lower, what)
 }
 
 /// JSON if the text looks like an object, `KEY=VALUE` otherwise.

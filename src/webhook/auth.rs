@@ -47,7 +47,9 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, KeyFileError> {
             meta.mode() & 0o777
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = crate::secret::wipe::SecretText::new(
+        std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?,
+    );
     let text = text.trim();
     if text.is_empty() {
         return Err(err("is empty".into()));

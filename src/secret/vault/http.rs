@@ -2,6 +2,8 @@
 //! namespace header, the request timeout, and errors mapped to [`SecretError`] without ever
 //! including a response body that could hold data.
 
+use crate::secret::wipe::SecretJson;
+use secrecy::zeroize::Zeroizing;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,7 +106,8 @@ impl VaultClient {
                     detail: format!("ca_file {} is not PEM certificates: {e}", path.display()),
                 }
             })?;
-            builder = builder.tls_certs_merge(certs);
+            // Pinned: only this CA, not the system's roots beside it.
+            builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().map_err(|e| SecretError::Unsupported {
             what,
@@ -139,7 +142,7 @@ impl VaultClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<SecretJson>,
         what: &str,
     ) -> Result<reqwest::Response, SecretError> {
         let mut req = self
@@ -172,7 +175,7 @@ impl VaultClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<SecretJson>,
         what: &str,
     ) -> Result<T, SecretError> {
         let resp = self.request(method, path, body, what).await?;
@@ -181,7 +184,13 @@ impl VaultClient {
                 what: what.to_string(),
             });
         }
-        resp.json::<T>().await.map_err(|_| malformed(what))
+        // The answer may hold a secret: read it into a buffer that is zeroed when dropped.
+        let body = resp.bytes().await.map_err(|e| SecretError::Unavailable {
+            what: what.to_string(),
+            detail: e.without_url().to_string(),
+        })?;
+        let body = Zeroizing::new(Vec::from(body));
+        serde_json::from_slice(&body).map_err(|_| malformed(what))
     }
 }
 

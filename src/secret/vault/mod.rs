@@ -4,6 +4,7 @@
 pub mod http;
 pub mod session;
 
+use crate::secret::wipe::{SecretJson, SecretText};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -142,16 +143,17 @@ impl VaultSource {
                 let resp: DataAnswer<Kv2Data> =
                     self.get(&format!("{mount}/data/{name}"), &what).await?;
                 self.kv_credentials(
-                    &resp.data.data,
+                    &resp.data.data.0,
                     format!("kv2:{}", resp.data.metadata.version),
                     &what,
                 )
             }
             VaultEngine::Kv1 => {
-                let resp: DataAnswer<serde_json::Value> =
+                let resp: DataAnswer<SecretJson> =
                     self.get(&format!("{mount}/{name}"), &what).await?;
-                let version = content_version(resp.data.to_string().as_bytes());
-                self.kv_credentials(&resp.data, version, &what)
+                let text = SecretText::new(resp.data.0.to_string());
+                let version = content_version(text.as_bytes());
+                self.kv_credentials(&resp.data.0, version, &what)
             }
             VaultEngine::Database => {
                 let resp: LeasedCreds = self.get(&format!("{mount}/creds/{name}"), &what).await?;
@@ -201,7 +203,7 @@ impl VaultSource {
 /// `data` of a KV v2 read.
 #[derive(Deserialize)]
 struct Kv2Data {
-    data: serde_json::Value,
+    data: SecretJson,
     metadata: Kv2Metadata,
 }
 
@@ -249,7 +251,7 @@ impl SecretSource for VaultSource {
         Box::pin(async move {
             let what = self.describe();
             self.with_relogin(|client| {
-                let body = serde_json::json!({ "lease_id": lease.id });
+                let body = SecretJson(serde_json::json!({ "lease_id": lease.id }));
                 let what = what.clone();
                 async move {
                     client

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 pub use super::http::Endpoint;
 use super::http::{AuthAnswer, DataAnswer, TokenInfo, VaultClient};
 use crate::config::sources::VaultAuth;
+use crate::secret::wipe::{SecretJson, SecretText};
 use crate::secret::SecretError;
 
 /// Counters a test or status can watch.
@@ -56,12 +57,12 @@ impl std::fmt::Debug for Session {
 }
 
 async fn read_secret_file(path: &PathBuf, what: &str) -> Result<SecretString, SecretError> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| SecretError::StoreAuth {
+    let text = SecretText::new(tokio::fs::read_to_string(path).await.map_err(|e| {
+        SecretError::StoreAuth {
             what: what.to_string(),
             detail: format!("cannot read {}: {e}", path.display()),
-        })?;
+        }
+    })?);
     let text = text.trim().to_string();
     if text.is_empty() {
         return Err(SecretError::StoreAuth {
@@ -143,10 +144,10 @@ impl Session {
             } => {
                 let role_id = read_secret_file(role_id_file, &what).await?;
                 let secret_id = self.secret_id(secret_id_file, *secret_id_wrapped).await?;
-                let body = json!({
+                let body = SecretJson(json!({
                     "role_id": role_id.expose_secret(),
                     "secret_id": secret_id.expose_secret(),
-                });
+                }));
                 let info: AuthAnswer = self
                     .anonymous
                     .call(
@@ -188,7 +189,7 @@ impl Session {
             return Ok(id);
         }
         let wrapping_token = read_secret_file(file, &self.what()).await?;
-        let answer: DataAnswer<serde_json::Value> = self
+        let answer: DataAnswer<SecretJson> = self
             .anonymous
             .with_token(wrapping_token)
             .call(Method::POST, "sys/wrapping/unwrap", None, &self.what())
@@ -196,6 +197,7 @@ impl Session {
             .map_err(auth_failure)?;
         let id = answer
             .data
+            .0
             .get("secret_id")
             .and_then(|v| v.as_str())
             .ok_or_else(|| SecretError::StoreAuth {
@@ -221,7 +223,7 @@ impl Session {
             .call(
                 Method::POST,
                 "auth/token/renew-self",
-                Some(json!({})),
+                Some(SecretJson(json!({}))),
                 &self.what(),
             )
             .await?;
