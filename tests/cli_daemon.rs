@@ -257,3 +257,42 @@ async fn sigterm_with_an_open_event_stream_exits_promptly() {
         .expect("the client's stream ended with the daemon");
     assert!(ended.is_ok(), "the client's stream task did not panic");
 }
+
+/// A `socket_group` the daemon is not a member of (the unit grants no CAP_CHOWN) stops the
+/// start with an error that names the setting and the fix, not a bare EPERM.
+#[test]
+fn a_socket_group_the_daemon_is_not_in_is_explained() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = dir.path().join("credswap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nsocket = \"{}/api.sock\"\nsocket_group = \"daemon\"\n\n[[target]]\nname = \"app\"\nurl = \"postgresql://localhost/app\"\nsource = {{ kind = \"file\", path = \"{}/app.json\" }}\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // uid and gid 65534 (nobody/nogroup), no supplementary groups, no capabilities.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("setpriv runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("(api.socket_group): the daemon is not a member of that group"),
+        "{err}"
+    );
+    assert!(err.contains("SupplementaryGroups="), "{err}");
+    assert!(
+        !dir.path().join("api.sock").exists(),
+        "no socket left behind"
+    );
+}

@@ -27,6 +27,14 @@ pub enum SocketError {
     AlreadyRunning(PathBuf),
     #[error("{0} exists and is not a socket; remove it or choose another {1}")]
     NotASocket(PathBuf, &'static str),
+    #[error(
+        "cannot give the socket {path} to group {gid} ({section}.socket_group): the daemon is not a member of that group; fix: add it to the service with `systemctl edit credswap` and `[Service]` `SupplementaryGroups=<the group>` (docs/operations.md), or choose a group the daemon runs as"
+    )]
+    GroupNotJoined {
+        path: PathBuf,
+        gid: u32,
+        section: &'static str,
+    },
     #[error("cannot create the socket {path} ({key}): {source}")]
     Io {
         path: PathBuf,
@@ -93,15 +101,28 @@ pub fn bind(spec: &SocketSpec) -> Result<(UnixListener, SocketGuard), SocketErro
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging).map_err(io_err(&staging, key))?;
     let ready = (|| {
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(spec.mode))?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(spec.mode))
+            .map_err(io_err(path, key))?;
         if let Some(gid) = spec.gid {
-            std::os::unix::fs::chown(&staging, None, Some(gid))?;
+            // Without CAP_CHOWN (the unit grants none) a process may only give a file to a
+            // group it is a member of.
+            std::os::unix::fs::chown(&staging, None, Some(gid)).map_err(|e| {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    SocketError::GroupNotJoined {
+                        path: path.clone(),
+                        gid,
+                        section: key.split('.').next().unwrap_or(key),
+                    }
+                } else {
+                    io_err(path, key)(e)
+                }
+            })?;
         }
-        std::fs::rename(&staging, path)
+        std::fs::rename(&staging, path).map_err(io_err(path, key))
     })();
     if let Err(e) = ready {
         let _ = std::fs::remove_file(&staging);
-        return Err(io_err(path, key)(e));
+        return Err(e);
     }
     Ok((listener, SocketGuard(path.clone())))
 }
