@@ -15,8 +15,12 @@ OpenBao with its database engine -- then measures, in one run:
              prepared) and through credswap's PostgreSQL front end (session mode); throughput
              ratio to direct, each pooler's CPU per transaction, added p50/p99 at 1 client
 
+  abuse      the front door under abuse: forged webhooks, /v1/health under a forged flood and
+             under 10,000 idle connections, RSS under maximal batches (dev/bench_abuse.py)
+
 Prints a table and writes target/bench/results.json. Environment: BENCH_SECONDS (measured time
-per hop run, default 5), BENCH_ROTATIONS (default 100).
+per hop run, default 5), BENCH_ROTATIONS (default 100), BENCH_PHASES (a comma list of memory,
+hop, wire, rotation, abuse; default all).
 """
 import json
 import os
@@ -31,6 +35,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_abuse  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 DAEMON = os.path.join(RELEASE, "credswap")
@@ -38,6 +45,8 @@ BENCH = os.path.join(RELEASE, "credswap-bench")
 VENV = os.path.join(ROOT, ".venv", "bin")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROTATIONS = int(os.environ.get("BENCH_ROTATIONS", "100"))
+ALL_PHASES = ("memory", "hop", "wire", "rotation", "abuse")
+PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
 CLIENTS = [1, 16, 64]
 POOL_SIZE = 16
 AS_ROOT = os.getuid() == 0
@@ -101,11 +110,18 @@ class Bench:
     def path(self, *p):
         return os.path.join(self.w, *p)
 
-    def spawn(self, cmd, log_name, env=None, user_postgres=False):
+    def spawn(self, cmd, log_name, env=None, user_postgres=False, nofile=None):
         if user_postgres and AS_ROOT:
             cmd = ["runuser", "-u", "postgres", "--"] + cmd
         out = open(self.path(log_name), "wb")
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        limit = None
+        if nofile:
+            import resource
+
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                             preexec_fn=limit)
         self.procs.append(p)
         return p
 
@@ -252,7 +268,7 @@ pidfile = {d}/pgbouncer.pid
         os.chmod(p, 0o600)
         return p
 
-    def config(self, name, targets):
+    def config(self, name, targets, api_extra="", webhook_rate="1000.0"):
         url = f"postgresql://localhost:{self.pg_port}/postgres?sslmode=verify-full&sslrootcert={self.path('ca.crt')}"
         pool = f"pool = {{ max_size = {POOL_SIZE} }}"
         sources = {
@@ -266,12 +282,12 @@ pidfile = {d}/pgbouncer.pid
         with open(key, "w") as f:
             f.write("bench-webhook-key-0123456789abcdef")
         os.chmod(key, 0o600)
-        text = f'[api]\nsocket = "{self.path(name + ".sock")}"\nadmin_uids = [{os.getuid()}]\n\n'
+        text = f'[api]\nsocket = "{self.path(name + ".sock")}"\nadmin_uids = [{os.getuid()}]\n{api_extra}\n'
         wire_dir = self.path(name + "-pg")
         os.makedirs(wire_dir, exist_ok=True)
         text += f'[postgres]\nsocket_dir = "{wire_dir}"\nsocket_mode = "0666"\n\n'
         text += f'[webhook]\nlisten = "127.0.0.1:{self.hook_port}"\nhmac_key_files = ["{key}"]\n'
-        text += "rate_limit_per_second = 1000.0\nrate_limit_burst = 1000\n\n"
+        text += f"rate_limit_per_second = {webhook_rate}\nrate_limit_burst = 1000\n\n"
         for t in targets:
             text += (f'[[target]]\nname = "{t}"\nurl = "{url}"\nmin_rotation_interval = "0s"\n{pool}\n'
                      f"source = {sources[t]}\n\n")
@@ -283,9 +299,10 @@ pidfile = {d}/pgbouncer.pid
             f.write(text)
         return p
 
-    def start_daemon(self, name, targets):
-        """Starts the daemon; returns (process, seconds to READY=1)."""
-        config = self.config(name, targets)
+    def start_daemon(self, name, targets, nofile=None, **settings):
+        """Starts the daemon (with the unit's descriptor limit when `nofile` is given); returns
+        (process, seconds to READY=1, configuration file)."""
+        config = self.config(name, targets, **settings)
         notify = self.path(name + ".notify")
         if os.path.exists(notify):
             os.remove(notify)
@@ -294,7 +311,7 @@ pidfile = {d}/pgbouncer.pid
         sock.settimeout(30)
         env = dict(self.aws_env, NOTIFY_SOCKET=notify, RUST_LOG="warn")
         t0 = time.monotonic()
-        p = self.spawn([DAEMON, "run", "--config", config], name + ".log", env=env)
+        p = self.spawn([DAEMON, "run", "--config", config], name + ".log", env=env, nofile=nofile)
         while True:
             msg = sock.recv(4096).decode()
             if "READY=1" in msg.split("\n"):
@@ -517,6 +534,21 @@ def machine():
 
 
 def table(r):
+    lines = []
+    if "hop" in r:
+        lines += hop_table(r)
+    if "rotation" in r:
+        lines += rotation_table(r)
+    if "wire" in r:
+        lines += wire_table(r)
+    if "memory" in r:
+        lines += memory_table(r)
+    if "abuse" in r:
+        lines.append(bench_abuse.table(r["abuse"]))
+    return "\n".join(lines)
+
+
+def hop_table(r):
     lines = ["", "hop cost (throughput, req/s; ratio = through the hop / direct)",
              f"{'clients':>7} | {'direct S1':>9} {'api S1':>8} {'ratio':>5} | {'direct lk':>9} {'api lk':>8} "
              f"{'ratio':>5} | {'pgbench':>8} {'pgbouncer':>9} {'ratio':>5}"]
@@ -533,8 +565,12 @@ def table(r):
         f"{h['pgbench_pgbouncer']['pgbouncer_cpu_us_per_request']}" for h in r["hop"]))
     a = r["added_latency_1_client_us"]
     lines += ["", f"added latency at 1 client (api - direct): SELECT 1 p50 {a['select1']['p50']} us, "
-                  f"p99 {a['select1']['p99']} us; lookup p50 {a['lookup']['p50']} us, p99 {a['lookup']['p99']} us",
-              "", "rotation (ms)      n   swapped p50   p99 |  drained p50   p99 | failures"]
+                  f"p99 {a['select1']['p99']} us; lookup p50 {a['lookup']['p50']} us, p99 {a['lookup']['p99']} us"]
+    return lines
+
+
+def rotation_table(r):
+    lines = ["", "rotation (ms)      n   swapped p50   p99 |  drained p50   p99 | failures"]
     for name, x in r["rotation"].items():
         s, d = x["trigger_to_swapped_ms"] or {}, x["trigger_to_drained_ms"] or {}
         lines.append(f"{name:<22} {x['swapped']:>3} {s.get('p50', '-'):>9} {s.get('p99', '-'):>6} | "
@@ -543,7 +579,11 @@ def table(r):
     if ul:
         lines.append(f"under 64-client load: {ul['load']['requests']} requests, {ul['load']['failed']} failed "
                      f"{ul['load']['errors'] or ''}, {ul['swapped']} rotations swapped")
-    lines += ["", "PostgreSQL wire (pgbench -S; tps, ratio to direct, pooler CPU us per transaction)",
+    return lines
+
+
+def wire_table(r):
+    lines = ["", "PostgreSQL wire (pgbench -S; tps, ratio to direct, pooler CPU us per transaction)",
               f"{'clients':>7} {'mode':<8} | {'direct':>7} | {'pgbouncer':>9} {'ratio':>5} {'cpu':>5} | "
               f"{'credswap':>8} {'ratio':>5} {'cpu':>5}"]
     for w in r.get("wire", []):
@@ -558,15 +598,21 @@ def table(r):
                          f"{w['pgbouncer_added_latency_us']['p50']} / p99 {w['pgbouncer_added_latency_us']['p99']} us; "
                          f"credswap p50 {w['credswap_added_latency_us']['p50']} / p99 "
                          f"{w['credswap_added_latency_us']['p99']} us")
+    return lines
+
+
+def memory_table(r):
     m = r["memory"]
-    lines += ["", f"start-up to READY=1: median {m['startup_to_ready_ms']['median']} ms "
+    return ["", f"start-up to READY=1: median {m['startup_to_ready_ms']['median']} ms "
                   f"(max {m['startup_to_ready_ms']['max']} of 5)",
               f"RSS idle, two targets: {m['rss_idle_two_targets_kib'] / 1024:.1f} MiB; "
               f"under 64 clients: {m['rss_64_clients_max_kib'] / 1024:.1f} MiB (peak sample)"]
-    return "\n".join(lines)
 
 
 def main():
+    unknown = PHASES - set(ALL_PHASES)
+    if unknown:
+        sys.exit(f"BENCH_PHASES: unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(ALL_PHASES)}")
     started = time.monotonic()
     work = tempfile.mkdtemp(prefix="credswap-bench.")
     os.chmod(work, 0o755)
@@ -582,20 +628,28 @@ def main():
         results = {"machine": machine(), "method": {
             "seconds_per_run": SECONDS, "warmup_s": 1, "pool_max_size": POOL_SIZE, "rotations": ROTATIONS,
             "profile": "release", "pgbench": "-S -n -M simple, -j min(clients,2)"}}
-        log("memory and start-up")
-        results["memory"] = memory_and_startup(b)
-        p, _, config = b.start_daemon("main", ["one", "aws", "vault"])
-        log("hop cost")
-        results["hop"] = hop(b, config, p.pid)
-        one = results["hop"][0]
-        results["added_latency_1_client_us"] = {q: {
-            k: round(one[f"api_{q}"]["latency_us"][k] - one[f"direct_{q}"]["latency_us"][k], 1)
-            for k in ("p50", "p99")} for q in ("select1", "lookup")}
-        log("PostgreSQL front end vs PgBouncer (pgbench)")
-        results["wire"] = wire(b, p.pid)
-        log("rotations")
-        results["rotation"] = rotations(b, under_load=True)
-        b.stop_daemon(p)
+        if "memory" in PHASES:
+            log("memory and start-up")
+            results["memory"] = memory_and_startup(b)
+        if PHASES & {"hop", "wire", "rotation"}:
+            p, _, config = b.start_daemon("main", ["one", "aws", "vault"])
+            if "hop" in PHASES:
+                log("hop cost")
+                results["hop"] = hop(b, config, p.pid)
+                one = results["hop"][0]
+                results["added_latency_1_client_us"] = {q: {
+                    k: round(one[f"api_{q}"]["latency_us"][k] - one[f"direct_{q}"]["latency_us"][k], 1)
+                    for k in ("p50", "p99")} for q in ("select1", "lookup")}
+            if "wire" in PHASES:
+                log("PostgreSQL front end vs PgBouncer (pgbench)")
+                results["wire"] = wire(b, p.pid)
+            if "rotation" in PHASES:
+                log("rotations")
+                results["rotation"] = rotations(b, under_load=True)
+            b.stop_daemon(p)
+        if "abuse" in PHASES:
+            log("the front door under abuse")
+            results["abuse"] = bench_abuse.run(b)
         results["wall_s"] = round(time.monotonic() - started, 1)
     finally:
         b.stop_all()
