@@ -105,6 +105,7 @@ pub struct Metrics {
     pg_clients: Family<TargetLabel, Gauge>,
     pg_bytes: Family<DirectionLabels, Counter>,
     pg_ended: Family<ReasonLabels, Counter>,
+    pg_reused: Family<TargetLabel, Counter>,
     pg_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
     pg_sessions: Family<StateLabels, Gauge>,
 }
@@ -136,6 +137,7 @@ impl Metrics {
             pg_clients: Family::default(),
             pg_bytes: Family::default(),
             pg_ended: Family::default(),
+            pg_reused: Family::default(),
             pg_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
             pg_sessions: Family::default(),
             registry: Registry::with_prefix("credswap"),
@@ -156,13 +158,18 @@ impl Metrics {
             m.pg_ended.clone(),
         );
         m.registry.register(
+            "postgres_server_reused",
+            "PostgreSQL front-end sessions served by a kept (reset) server connection instead of a new login",
+            m.pg_reused.clone(),
+        );
+        m.registry.register(
             "postgres_server_wait_seconds",
             "Time a PostgreSQL front-end client waited for its server connection",
             m.pg_wait.clone(),
         );
         m.registry.register(
             "postgres_server_sessions",
-            "Server sessions of the PostgreSQL front end, by generation state (live, draining)",
+            "Server sessions of the PostgreSQL front end: serving a client of the live or a draining generation, or idle (kept between clients)",
             m.pg_sessions.clone(),
         );
         m.registry.register(
@@ -349,6 +356,25 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// A session got a kept server connection.
+    pub fn postgres_server_reused(&self, target: &str) {
+        self.pg_reused
+            .get_or_create(&TargetLabel {
+                target: target.into(),
+            })
+            .inc();
+    }
+
+    /// Server connections kept idle between clients of `target`, now.
+    pub fn postgres_idle_servers(&self, target: &str, n: usize) {
+        self.pg_sessions
+            .get_or_create(&StateLabels {
+                target: target.into(),
+                state: "idle".into(),
+            })
+            .set(n as i64);
     }
 
     /// How long a PostgreSQL front-end client waited for its server connection.

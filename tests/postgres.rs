@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use support::frontend::setup;
 use tokio_postgres::NoTls;
 
@@ -424,4 +425,157 @@ async fn a_server_restart_is_survived() {
         .await
         .expect("works again once the server is back");
     after.query_one("SELECT 1", &[]).await.unwrap();
+}
+
+/// How many server connections the daemon keeps idle for `target` (its metric).
+async fn idle_servers(s: &support::frontend::Setup, target: &str) -> i64 {
+    let wanted =
+        format!("credswap_postgres_server_sessions{{target=\"{target}\",state=\"idle\"}} ");
+    s.daemon
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&wanted).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Waits (at most 10 s) until `condition` holds, checking it after every yield.
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn backend_alive(s: &support::frontend::Setup, pid: i32) -> bool {
+    s.db.admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 1
+}
+
+/// Session pooling: a client that leaves between transactions leaves its server connection,
+/// reset with DISCARD ALL, to the next client with the same parameters, which finds nothing of
+/// the first one's session (settings, temporary tables, prepared statements, listens, advisory
+/// locks). A client that leaves inside a transaction, or asks with other parameters, gets no
+/// kept connection, and a rotation closes the kept ones of the old generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connections_are_reset_and_kept_between_clients() {
+    let s = setup("").await;
+    let first = s.client("app").await.unwrap();
+    let pid = backend_pid(&first).await;
+    let clean = |c: tokio_postgres::Client| async move {
+        let row = c
+            .query_one(
+                "SELECT current_setting('search_path'), current_setting('application_name'), \
+                 to_regclass('scratch') IS NULL, \
+                 (SELECT count(*) FROM pg_prepared_statements), \
+                 (SELECT count(*) FROM pg_listening_channels()), \
+                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+                &[],
+            )
+            .await
+            .unwrap();
+        let state: (String, String, bool, i64, i64, i64) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        );
+        (c, state)
+    };
+    let (first, fresh) = clean(first).await;
+    first
+        .batch_execute(
+            "SET search_path TO other; SET application_name = 'changed'; \
+             CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1; LISTEN ch; \
+             SELECT pg_advisory_lock(7)",
+        )
+        .await
+        .unwrap();
+    drop(first);
+    until("the first client's connection is kept", || {
+        idle_servers(&s, "app").then(|n| async move { n == 1 })
+    })
+    .await;
+
+    let next = s.client("app").await.unwrap();
+    assert_eq!(
+        backend_pid(&next).await,
+        pid,
+        "the kept connection serves the next client"
+    );
+    let (next, state) = clean(next).await;
+    assert_eq!(state, fresh, "nothing of the first session is left");
+
+    // Leaving inside a transaction: the connection is closed, the transaction's write lost.
+    next.batch_execute("CREATE TABLE kept (x int)")
+        .await
+        .unwrap();
+    next.batch_execute("BEGIN; INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
+    drop(next);
+    until(
+        "the server connection left inside a transaction is closed",
+        || backend_alive(&s, pid).then(|alive| async move { !alive }),
+    )
+    .await;
+    assert_eq!(idle_servers(&s, "app").await, 0);
+    let third = s.client("app").await.unwrap();
+    let third_pid = backend_pid(&third).await;
+    assert_ne!(third_pid, pid);
+    let rows: i64 = third
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the open transaction was not committed");
+    drop(third);
+    until("the third client's connection is kept", || {
+        idle_servers(&s, "app").then(|n| async move { n == 1 })
+    })
+    .await;
+
+    // Other parameters: a connection of its own.
+    let (named, conn) = tokio_postgres::Config::new()
+        .host_path(s.socket_dir())
+        .port(5432)
+        .user("whoever")
+        .dbname("app")
+        .application_name("another-app")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_ne!(backend_pid(&named).await, third_pid);
+    drop(named);
+
+    // A rotation closes what the old generation kept.
+    assert!(backend_alive(&s, third_pid).await);
+    let (code, _, err) = s.daemon.cli(&["rotate", "app", "--force", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    until("the old generation's kept connection is closed", || {
+        backend_alive(&s, third_pid).then(|alive| async move { !alive })
+    })
+    .await;
 }

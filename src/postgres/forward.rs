@@ -6,7 +6,7 @@
 //! generation's drain deadline passed, or the daemon stops) ends at such a point, never inside
 //! a transaction.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
@@ -20,8 +20,10 @@ const CHUNK: usize = 16 * 1024;
 /// How a session ended.
 #[derive(Debug)]
 pub enum End {
-    /// The client closed its connection (or sent `Terminate`).
-    ClientClosed,
+    /// The client closed its connection (or sent `Terminate`, which is not forwarded).
+    /// `reusable`: it left at an idle point with nothing half-sent either way, so the server
+    /// connection may serve another client after a reset.
+    ClientClosed { reusable: bool },
     /// The server closed its side (its last messages, a `FATAL`, were forwarded).
     ServerClosed,
     /// Asked to end, and the session reached an idle point.
@@ -77,29 +79,42 @@ impl Position {
         now & ENDING != 0 && idle(now)
     }
 
+    fn is_idle(&self) -> bool {
+        idle(self.0.load(Ordering::Acquire))
+    }
+
     /// Asks the session to end; says whether it is idle already.
     fn end(&self) -> bool {
         idle(self.0.fetch_or(ENDING, Ordering::AcqRel))
     }
 }
 
-/// Counts what the client sends: the messages answered by a `ReadyForQuery`, and `Terminate`.
-#[derive(Default)]
-struct FromClient {
+/// Counts what the client sends: the messages answered by a `ReadyForQuery`, `Terminate`, and
+/// whether extended-protocol messages wait for their `Sync`.
+struct FromClient<'a> {
     answered: u64,
     terminate: bool,
+    unsynced: &'a mut bool,
 }
 
-impl Seen for FromClient {
+impl Seen for FromClient<'_> {
     fn message(&mut self, tag: u8, _len: usize) {
         match tag {
-            b'Q' | b'S' | b'F' => self.answered += 1,
+            b'Q' | b'F' => self.answered += 1,
+            b'S' => {
+                self.answered += 1;
+                *self.unsynced = false;
+            }
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => *self.unsynced = true,
             b'X' => self.terminate = true,
             _ => {}
         }
     }
     fn ready(&mut self, _: u8) {}
 }
+
+/// `Terminate` as a client sends it.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// Reports each `ReadyForQuery` of the server's to the position.
 struct FromServer<'a> {
@@ -131,34 +146,59 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let position = Position::new();
+    // Server bytes read but not yet passed on whole: the server stream is mid-message.
+    let server_mid = AtomicBool::new(!from_server.is_empty());
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut server_r, mut server_w) = tokio::io::split(server);
 
     let upstream = async {
         let mut frames = Frames::new(max_message);
         let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut unsynced = false;
+        let left = |frames: &Frames, unsynced: bool| End::ClientClosed {
+            reusable: frames.at_boundary()
+                && !unsynced
+                && position.is_idle()
+                && !server_mid.load(Ordering::Acquire),
+        };
         loop {
             buf.clear();
             buf.reserve(CHUNK);
             match client_r.read_buf(&mut buf).await {
-                Ok(0) => return End::ClientClosed,
+                Ok(0) => return left(&frames, unsynced),
                 Ok(n) => {
                     to_server.inc_by(n as u64);
                 }
                 Err(e) => return End::Io(e),
             }
-            let mut seen = FromClient::default();
+            let mut seen = FromClient {
+                answered: 0,
+                terminate: false,
+                unsynced: &mut unsynced,
+            };
             if let Err(e) = frames.walk(&buf, &mut seen) {
                 return End::Protocol(e);
             }
-            if !position.client_sends(seen.answered) {
+            let (answered, terminate) = (seen.answered, seen.terminate);
+            if !position.client_sends(answered) {
                 return End::AtIdle;
             }
-            if let Err(e) = server_w.write_all(&buf).await {
+            // A closing `Terminate` stays here: the server connection may serve another client.
+            let keep = terminate && buf.ends_with(&TERMINATE);
+            let send = if keep {
+                &buf[..buf.len() - TERMINATE.len()]
+            } else {
+                &buf[..]
+            };
+            if let Err(e) = server_w.write_all(send).await {
                 return End::Io(e);
             }
-            if seen.terminate {
-                return End::ClientClosed;
+            if terminate {
+                return if keep {
+                    left(&frames, unsynced)
+                } else {
+                    End::ClientClosed { reusable: false }
+                };
             }
         }
     };
@@ -173,6 +213,7 @@ where
                 match server_r.read_buf(&mut buf).await {
                     Ok(0) => return End::ServerClosed,
                     Ok(n) => {
+                        server_mid.store(true, Ordering::Release);
                         to_client.inc_by(n as u64);
                     }
                     Err(e) => return End::Io(e),
@@ -189,6 +230,7 @@ where
                 return End::Io(e);
             }
             buf.clear();
+            server_mid.store(!frames.at_boundary(), Ordering::Release);
             if seen.end_now {
                 return End::AtIdle;
             }

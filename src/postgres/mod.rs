@@ -6,7 +6,8 @@
 //! TCP listener has no peer identity to check.
 //!
 //! Session mode: a client gets a server connection of the current generation for its whole
-//! session. After a rotation new clients get the new generation; a session on an old one goes
+//! session; when it leaves between transactions the connection is reset and kept for the next
+//! client with the same parameters ([`idle`]). After a rotation new clients get the new generation; a session on an old one goes
 //! on (PostgreSQL keeps sessions open across a password change) until the generation's
 //! `drain_timeout`, then ends at its next idle point with `FATAL 57P01`.
 //!
@@ -15,6 +16,7 @@
 
 pub mod cancel;
 pub mod forward;
+pub mod idle;
 pub mod server;
 pub mod session;
 pub mod wire;
@@ -41,6 +43,8 @@ pub struct Frontend {
     pub shutdown: Shutdown,
     cancels: cancel::CancelKeys,
     refusals: LogThrottle,
+    /// Server connections kept between sessions.
+    idle: idle::IdleServers,
 }
 
 impl Frontend {
@@ -59,6 +63,7 @@ impl Frontend {
             shutdown,
             cancels: cancel::CancelKeys::default(),
             refusals: LogThrottle::default(),
+            idle: idle::IdleServers::default(),
         })
     }
 }
@@ -71,8 +76,53 @@ pub async fn serve(listener: UnixListener, fe: Arc<Frontend>, grace: Duration) {
         max_per_peer: fe.settings.max_client_connections,
     });
     let shutdown = fe.shutdown.clone();
+    let sweeper = tokio::spawn(sweep(fe.clone()));
+    let sessions = fe.clone();
     accept::serve_unix(listener, gate, shutdown, grace, move |conn: UnixConn| {
-        session::serve(conn, fe.clone())
+        session::serve(conn, sessions.clone())
     })
-    .await
+    .await;
+    let _ = sweeper.await;
+    close(fe.idle.drain_all()).await;
+}
+
+/// How often parked connections are checked against `pool.idle_timeout` between rotations.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Closes parked server connections that are no longer to be kept: those of a generation that
+/// was swapped out (at every rotation, so old credentials are not kept alive by idle
+/// connections), of a target that is gone, or idle past `pool.idle_timeout`. Ends at shutdown.
+async fn sweep(fe: Arc<Frontend>) {
+    let mut events = fe.targets.subscribe();
+    let mut shutdown = fe.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            event = events.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        let stale = fe.idle.sweep(|name| {
+            let target = fe.targets.get(name)?;
+            let generation = target.current()?;
+            Some((generation.id, target.settings().pool.idle_timeout))
+        });
+        close(stale).await;
+        for (name, n) in fe.idle.counts() {
+            fe.metrics.postgres_idle_servers(&name, n);
+        }
+    }
+}
+
+/// Ends server sessions politely, all at once (each within a second).
+async fn close(conns: Vec<server::ServerConnection>) {
+    futures_util::future::join_all(
+        conns
+            .into_iter()
+            .map(|mut c| async move { server::terminate(&mut c.stream).await }),
+    )
+    .await;
 }

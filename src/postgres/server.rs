@@ -433,6 +433,35 @@ pub async fn cancel(key: &ServerKey) -> Result<(), ServerError> {
     }
 }
 
+/// Resets a connection for its next client with `DISCARD ALL` (no transaction can be open:
+/// the client left at an idle point): settings back to the login's values, temporary tables,
+/// prepared statements, cursors, listens and advisory locks gone. True only for a clean, idle
+/// answer within `within` and nothing after it; anything else means the connection is closed.
+pub async fn reset(conn: &mut ServerConnection, within: Duration) -> bool {
+    let work = async {
+        let mut buf = BytesMut::new();
+        frontend::query("DISCARD ALL", &mut buf)?;
+        conn.stream.write_all(&buf).await?;
+        let mut read = BytesMut::new();
+        let mut failed = false;
+        loop {
+            let (_, message) = next_message(&mut conn.stream, &mut read).await?;
+            match message? {
+                backend::Message::ErrorResponse(_) => failed = true,
+                backend::Message::ReadyForQuery(r) => {
+                    return Ok::<_, std::io::Error>(
+                        !failed && r.status() == b'I' && read.is_empty(),
+                    )
+                }
+                // CommandComplete, ParameterStatus (back to the login's values), notices, and
+                // notifications that arrived before the UNLISTEN.
+                _ => {}
+            }
+        }
+    };
+    matches!(tokio::time::timeout(within, work).await, Ok(Ok(true)))
+}
+
 /// Leaves the session politely: a `Terminate` message, then the connection closes.
 pub async fn terminate(stream: &mut ServerStream) {
     let mut buf = BytesMut::new();

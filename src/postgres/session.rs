@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::forward::{self, End};
+use super::idle;
 use super::server::{self, ServerError};
 use super::wire::{self, Startup, StartupError};
 use super::Frontend;
@@ -197,14 +198,40 @@ async fn begin(
         .iter()
         .cloned()
         .partition(|(k, _)| k.starts_with("_pq_."));
+    // What a kept server connection must have been opened with to serve this client: the
+    // parameters credswap passes on (user and database are the target's own).
+    let mut reuse_key: idle::Params = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication"))
+        .cloned()
+        .collect();
+    reuse_key.sort();
 
     // A server connection of the current generation, which is joined before connecting so its
-    // drain waits for this session. A login refused because the credentials rotated meanwhile
-    // (a newer generation is current) moves on to the newer one, as a checkout does.
+    // drain waits for this session: one parked by an earlier client with the same parameters,
+    // or a new login. A login refused because the credentials rotated meanwhile (a newer
+    // generation is current) moves on to the newer one, as a checkout does.
     let connect_by = Instant::now() + settings.pool.checkout_timeout;
+    let max_size = settings.pool.max_size as usize;
     let (guard, server) = loop {
         let guard = join_current(&target)?;
         let generation = guard.generation().clone();
+        let others = max_size.saturating_sub(target.session_permits().available_permits() + 1);
+        let taken = fe.idle.take(
+            &name,
+            generation.id,
+            &reuse_key,
+            settings.pool.idle_timeout,
+            others,
+            max_size,
+        );
+        super::close(taken.close).await;
+        fe.metrics
+            .postgres_idle_servers(&name, fe.idle.count(&name));
+        if let Some(parked) = taken.conn {
+            fe.metrics.postgres_server_reused(&name);
+            break (guard, Ok(parked));
+        }
         match server::connect(generation.pool.plan(), &params).await {
             Ok(server) => break (guard, Ok(server)),
             Err(e)
@@ -280,7 +307,34 @@ async fn begin(
             fatal(stream, "57P01", &text).await;
             "ended_at_idle"
         }
-        End::ClientClosed => "client_closed",
+        End::ClientClosed { reusable } => {
+            // The client left at an idle point: its server connection serves the next client
+            // once reset, if its generation is still the current one.
+            let current = || target.current().is_some_and(|g| g.id == generation.id);
+            if *reusable
+                && current()
+                && !fe.shutdown.is_fired()
+                && server::reset(&mut server, RESET_TIMEOUT).await
+                && current()
+            {
+                drop(key);
+                let close = fe.idle.park(
+                    &name,
+                    generation.id,
+                    reuse_key,
+                    server,
+                    settings.pool.idle_timeout,
+                    max_size,
+                );
+                super::close(close).await;
+                fe.metrics
+                    .postgres_idle_servers(&name, fe.idle.count(&name));
+                fe.metrics.postgres_ended(&name, "client_closed");
+                tracing::debug!(target_name = %name, "postgres session ended; its server connection is kept");
+                return Ok(());
+            }
+            "client_closed"
+        }
         End::ServerClosed => "server_closed",
         End::Protocol(e) => {
             fatal(
@@ -301,6 +355,9 @@ async fn begin(
     tracing::debug!(target_name = %name, reason, "postgres session ended");
     Ok(())
 }
+
+/// How long `DISCARD ALL` may take before a connection is closed instead of kept.
+const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Joins the target's current generation (re-checked after joining, so a generation swapped
 /// out meanwhile, whose drain may not see the new session, is never used).

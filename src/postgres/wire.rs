@@ -212,6 +212,11 @@ impl Frames {
         }
     }
 
+    /// Whether the stream walked so far ends on a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.partial_len == 0 && !self.want_status
+    }
+
     /// Walks `chunk`, reporting each message header to `seen`.
     pub fn walk(&mut self, mut chunk: &[u8], seen: &mut impl Seen) -> Result<(), FrameError> {
         while !chunk.is_empty() {
