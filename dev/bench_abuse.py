@@ -199,8 +199,7 @@ def batches(daemon_pid, api_socket):
 
 
 HOLDER = r"""
-import os, resource, socket, sys, time
-resource.setrlimit(resource.RLIMIT_NOFILE, (12000, 12000))
+import socket, sys, time
 path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 held = []
 for _ in range(n):
@@ -217,9 +216,14 @@ time.sleep(seconds)
 
 def idle_connections(daemon_pid, api_socket):
     fds_before = len(os.listdir(f"/proc/{daemon_pid}/fd"))
+    import resource
+
+    def enough_descriptors():  # as root, before setpriv drops to nobody
+        resource.setrlimit(resource.RLIMIT_NOFILE, (12000, 12000))
+    # The system's python: nobody cannot reach the venv's interpreter under /root.
     holder = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-                               "python3", "-c", HOLDER, api_socket, "10000", str(ABUSE_SECONDS + 2)],
-                              stdout=subprocess.PIPE, text=True)
+                               "/usr/bin/python3", "-c", HOLDER, api_socket, "10000", str(ABUSE_SECONDS + 2)],
+                              stdout=subprocess.PIPE, text=True, preexec_fn=enough_descriptors)
     try:
         connected = int(holder.stdout.readline())
         fds_during = len(os.listdir(f"/proc/{daemon_pid}/fd"))

@@ -98,13 +98,15 @@ impl Budget {
         Ok(())
     }
 
-    /// Checks a value's size on the wire before it is decoded: a value that alone would pass
-    /// the byte limit is refused without building it.
-    pub fn check_field(&self, wire_bytes: usize) -> Result<(), ApiError> {
+    /// Checks a row's size on the wire before it is decoded: a row that would pass the byte
+    /// limit is refused without building it, and the memory its decoding and encoding take
+    /// (about twice its size) is reserved first, so that a request the daemon has no memory
+    /// for is refused before it allocates.
+    pub fn check_row(&mut self, wire_bytes: usize) -> Result<(), ApiError> {
         if self.bytes.saturating_add(wire_bytes) > self.max_bytes {
             return Err(self.too_large());
         }
-        Ok(())
+        self.reserve(self.bytes.saturating_add(wire_bytes.saturating_mul(2)))
     }
 
     /// Charges `bytes` of answer: refused past `max_bytes`, or when the daemon's response
@@ -197,8 +199,8 @@ mod tests {
         b.take_row().unwrap();
         assert_eq!(b.take_row().unwrap_err().status, 413);
         b.charge(60).unwrap();
-        b.check_field(40).unwrap();
-        assert_eq!(b.check_field(41).unwrap_err().status, 413);
+        b.check_row(40).unwrap();
+        assert_eq!(b.check_row(41).unwrap_err().status, 413);
         assert_eq!(b.charge(41).unwrap_err().status, 413);
     }
 
@@ -216,6 +218,8 @@ mod tests {
             (503, "unavailable")
         );
         assert!(refused.message.contains("api.max_response_memory"));
+        // A row is reserved (twice: decoded and encoded) before it is decoded.
+        assert_eq!(second.check_row(KIB).unwrap_err().status, 503);
         drop(first);
         second.charge(KIB).unwrap();
         drop(second);

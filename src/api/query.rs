@@ -220,7 +220,7 @@ async fn collect(
                 .map_err(|e| ApiError::bad_request(format!("column \"{}\": {e}", column.name)))?;
             wire = wire.saturating_add(n);
         }
-        budget.check_field(wire)?;
+        budget.check_row(wire)?;
         let mut cells = Vec::with_capacity(columns.len());
         for (i, column) in columns.iter().enumerate() {
             let Cell(v) = row
