@@ -309,7 +309,9 @@ pidfile = {d}/pgbouncer.pid
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(notify)
         sock.settimeout(30)
-        env = dict(self.aws_env, NOTIFY_SOCKET=notify, RUST_LOG="warn")
+        # The allocator setting the unit ships (systemd/credswap.service).
+        env = dict(self.aws_env, NOTIFY_SOCKET=notify, RUST_LOG="warn",
+                   GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")
         t0 = time.monotonic()
         p = self.spawn([DAEMON, "run", "--config", config], name + ".log", env=env, nofile=nofile)
         while True:

@@ -24,6 +24,11 @@ use crate::shutdown::Shutdown;
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Refused connections being answered at once (each takes up to about a second). Beyond this,
+/// a refused connection is closed without an answer: a flood of connections must not turn the
+/// answers themselves into a descriptor exhaustion.
+const MAX_ANSWERED_REFUSALS: usize = 64;
+
 /// Connection limits of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
@@ -109,6 +114,12 @@ pub struct Accepted<S, A, K: Hash + Eq + Clone> {
     pub slot: Result<Slot<K>, Refused>,
 }
 
+impl<S, A, K: Hash + Eq + Clone> Accepted<S, A, K> {
+    fn refused(&self) -> bool {
+        self.slot.is_err()
+    }
+}
+
 /// The per-peer key of a Unix connection: its uid (peers the kernel would not name share one).
 pub type UnixKey = Option<u32>;
 
@@ -177,7 +188,7 @@ pub async fn serve_tcp<F, Fut>(
 
 /// The loop: `accept` must be cancel-safe (it is polled afresh at every wake-up); `start` turns
 /// what it accepted into a connection inside the connection's task.
-async fn run<A, AFut, R, S, SFut, C, F, Fut>(
+async fn run<A, AFut, R, S, SFut, St, Pe, K, F, Fut>(
     accept: A,
     start: S,
     mut shutdown: Shutdown,
@@ -187,23 +198,31 @@ async fn run<A, AFut, R, S, SFut, C, F, Fut>(
     A: Fn() -> AFut,
     AFut: Future<Output = io::Result<R>>,
     S: Fn(R) -> SFut,
-    SFut: Future<Output = Option<C>> + Send + 'static,
-    C: Send + 'static,
-    F: Fn(C) -> Fut + Clone + Send + 'static,
+    SFut: Future<Output = Option<Accepted<St, Pe, K>>> + Send + 'static,
+    Accepted<St, Pe, K>: Send + 'static,
+    K: Hash + Eq + Clone,
+    F: Fn(Accepted<St, Pe, K>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut conns = JoinSet::new();
+    let answering = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut last_error_logged: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
             accepted = accept() => match accepted {
                 Ok(raw) => {
-                    let (conn, handle) = (start(raw), handle.clone());
+                    let (conn, handle, answering) = (start(raw), handle.clone(), answering.clone());
                     conns.spawn(async move {
-                        if let Some(conn) = conn.await {
+                        use std::sync::atomic::Ordering;
+                        let Some(conn) = conn.await else { return };
+                        if !conn.refused() {
+                            return handle(conn).await;
+                        }
+                        if answering.fetch_add(1, Ordering::AcqRel) < MAX_ANSWERED_REFUSALS {
                             handle(conn).await;
                         }
+                        answering.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
                 Err(e) => {
