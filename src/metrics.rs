@@ -106,6 +106,7 @@ pub struct Metrics {
     pg_bytes: Family<DirectionLabels, Counter>,
     pg_ended: Family<ReasonLabels, Counter>,
     pg_reused: Family<TargetLabel, Counter>,
+    pg_waiting: Family<TargetLabel, Gauge>,
     pg_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
     pg_sessions: Family<StateLabels, Gauge>,
 }
@@ -138,6 +139,7 @@ impl Metrics {
             pg_bytes: Family::default(),
             pg_ended: Family::default(),
             pg_reused: Family::default(),
+            pg_waiting: Family::default(),
             pg_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
             pg_sessions: Family::default(),
             registry: Registry::with_prefix("credswap"),
@@ -156,6 +158,11 @@ impl Metrics {
             "postgres_sessions_ended",
             "PostgreSQL front-end sessions ended, by target and reason",
             m.pg_ended.clone(),
+        );
+        m.registry.register(
+            "postgres_clients_waiting",
+            "PostgreSQL front-end clients waiting for a place among the target's pool.max_size sessions",
+            m.pg_waiting.clone(),
         );
         m.registry.register(
             "postgres_server_reused",
@@ -358,6 +365,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A client waits for a place among the target's sessions until the guard drops.
+    pub fn postgres_waiting(&self, target: &str) -> impl Drop {
+        let gauge = self
+            .pg_waiting
+            .get_or_create(&TargetLabel {
+                target: target.into(),
+            })
+            .clone();
+        gauge.inc();
+        WaitingGuard(gauge)
+    }
+
     /// A session got a kept server connection.
     pub fn postgres_server_reused(&self, target: &str) {
         self.pg_reused
@@ -462,5 +481,14 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Counts a waiting client while it lives.
+struct WaitingGuard(Gauge);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

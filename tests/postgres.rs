@@ -288,6 +288,109 @@ async fn fifty_rotations_under_load() {
         )
         .await
         .unwrap();
+    rotations_under_load(&s, 50, |i| {
+        let s = &s;
+        async move {
+            let (role, password) = if i % 2 == 1 {
+                ("app_b", format!("b-{i}"))
+            } else {
+                ("app", format!("a-{i}"))
+            };
+            s.db.set_password(role, &password).await;
+            support::credentials_file(s.dir.path(), "app.json", role, &password);
+        }
+    })
+    .await;
+}
+
+/// 50 rotations with Vault dynamic users (a new login role per rotation, made by OpenBao's
+/// database engine, its lease revoked once its sessions are gone) under the same load: the
+/// same guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_vault_dynamic_rotations_under_load() {
+    let db = support::pg::Cluster::start_tls();
+    db.admin()
+        .await
+        .batch_execute("CREATE TABLE public.ledger (x int)")
+        .await
+        .unwrap();
+    let bao = support::servers::Bao::start();
+    bao.database_engine(&db, "10m", &["GRANT ALL ON public.ledger TO \"{{name}}\";"])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let token = support::write_private(dir.path(), "token", support::servers::BAO_ROOT_TOKEN);
+    let source = format!(
+        "{{ kind = \"vault\", address = \"{}\", engine = \"database\", role = \"dyn\", auth = {{ method = \"token\", token_file = \"{}\" }} }}",
+        bao.address(),
+        token.display()
+    );
+    let config = format!(
+        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
+        dir.path().display(),
+        support::frontend::target_with(&db, "app", &source, "drain_timeout = \"1s\"")
+    );
+    let daemon = support::daemon::Daemon::start(&config, "").await;
+    daemon.wait_ready().await;
+    let s = support::frontend::Setup { db, dir, daemon };
+    rotations_under_load(&s, 50, |_| {
+        let s = &s;
+        async move {
+            let (code, _, err) = s.daemon.cli(&["rotate", "app", "--force"]);
+            assert_eq!(code, 0, "{err}");
+        }
+    })
+    .await;
+    // Every rotation made its own user; the drained generations' leases were revoked (their
+    // users dropped), so only the last few remain.
+    let users: i64 = s
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname NOT IN ('postgres', 'vaultadmin')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (1..=5).contains(&users),
+        "{users} dynamic users of 51 remain: old leases were not revoked"
+    );
+}
+
+/// Drives `rotations` rotations, each started by `rotate(i)` and waited for (the target's
+/// generation moves on), while pgbench opens a new connection per transaction and a long-lived
+/// session runs transactions back to back, reconnecting when it is ended. pgbench sees no
+/// failure; the long-lived session is ended only between transactions (57P01, after the drain
+/// deadline), never inside one; every committed row is in the table.
+async fn rotations_under_load<F, Fut>(s: &support::frontend::Setup, rotations: u64, mut rotate: F)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let drivers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
+    assert!(
+        drivers.join("node_modules/pg").exists(),
+        "node-pg is not installed: run dev/setup (npm ci in tests/drivers)"
+    );
+    let mut node = Command::new("node")
+        .arg(drivers.join("node_pg_load.js"))
+        .current_dir(&drivers)
+        .env("PGHOST", s.socket_dir())
+        .env("PGDATABASE", "app")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs (dev/setup installs it)");
+    let _node_owned = support::owned::record(node.id(), "node");
+    let node_stdin = node.stdin.take().expect("piped");
     let dir = s.socket_dir().display().to_string();
     let pgbench = std::thread::spawn(move || {
         Command::new("pgbench")
@@ -357,15 +460,11 @@ async fn fifty_rotations_under_load() {
         })
     };
 
-    let mut generation = 1;
-    for i in 1..=50 {
-        let (role, password) = if i % 2 == 1 {
-            ("app_b", format!("b-{i}"))
-        } else {
-            ("app", format!("a-{i}"))
-        };
-        s.db.set_password(role, &password).await;
-        support::credentials_file(s.dir.path(), "app.json", role, &password);
+    let (_, v, _) = s.daemon.get("/v1/targets/app").await;
+    let mut generation = v["generation"]["id"].as_u64().expect("a live generation");
+    let first = generation;
+    for i in 1..=rotations {
+        rotate(i).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (_, v, _) = s.daemon.get("/v1/targets/app").await;
@@ -377,9 +476,25 @@ async fn fifty_rotations_under_load() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    assert!(generation >= 51, "generation {generation}");
+    assert!(generation >= first + rotations, "generation {generation}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(node_stdin);
     let (committed, ended_between) = worker.await.unwrap();
+    let node = tokio::task::spawn_blocking(move || node.wait_with_output())
+        .await
+        .unwrap()
+        .expect("node ends when its stdin closes");
+    let node_text =
+        String::from_utf8_lossy(&node.stdout).into_owned() + &String::from_utf8_lossy(&node.stderr);
+    assert!(
+        node.status.success(),
+        "node-pg under rotations:\n{node_text}"
+    );
+    let node_counts: serde_json::Value =
+        serde_json::from_str(node_text.trim()).unwrap_or_else(|e| panic!("{e}: {node_text}"));
+    assert_eq!(node_counts["failed"], 0, "{node_counts}");
+    let node_committed = node_counts["committed"].as_u64().unwrap();
+    assert!(node_committed > 0, "{node_counts}");
     let out = tokio::task::spawn_blocking(move || pgbench.join().unwrap())
         .await
         .unwrap();
@@ -391,17 +506,23 @@ async fn fifty_rotations_under_load() {
         committed > 0 && ended_between > 0,
         "{committed} {ended_between}"
     );
-    let n: i64 =
-        s.db.admin()
-            .await
-            .query_one("SELECT count(*) FROM public.ledger", &[])
-            .await
-            .unwrap()
-            .get(0);
+    let admin = s.db.admin().await;
+    let rows = |x: i32| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT count(*) FROM public.ledger WHERE x = $1", &[&x])
+                .await
+                .unwrap()
+                .get::<_, i64>(0) as u64
+        }
+    };
     assert_eq!(
-        n as u64, committed,
+        rows(1).await,
+        committed,
         "every committed transaction is there, no other"
     );
+    assert_eq!(rows(2).await, node_committed, "node-pg's too");
 }
 
 /// PostgreSQL restarted under the front end: sessions see the server's own error, new clients
@@ -578,4 +699,53 @@ async fn server_connections_are_reset_and_kept_between_clients() {
         backend_alive(&s, third_pid).then(|alive| async move { !alive })
     })
     .await;
+}
+
+/// Clients waiting for a place among `pool.max_size` sessions get it in the order they came:
+/// four clients queue behind a held session (each is seen waiting before the next comes), and
+/// are served first come, first served as each one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_in_arrival_order() {
+    let s = setup("pool = { max_size = 1, checkout_timeout = \"20s\" }").await;
+    let holder = s.client("app").await.unwrap();
+    let waiting = || async {
+        let wanted = "credswap_postgres_clients_waiting{target=\"app\"} ";
+        s.daemon
+            .metrics()
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(wanted)
+                    .and_then(|n| n.trim().parse::<i64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (dir, served) = (s.socket_dir().to_path_buf(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::Config::new()
+                .host_path(&dir)
+                .port(5432)
+                .user("whoever")
+                .dbname("app")
+                .connect(NoTls)
+                .await
+                .expect("a place within checkout_timeout");
+            tokio::spawn(conn);
+            served.lock().unwrap().push(i);
+            client.query_one("SELECT 1", &[]).await.unwrap();
+        }));
+        until(&format!("client {i} waits"), || {
+            waiting().then(move |n| async move { n == i + 1 })
+        })
+        .await;
+    }
+    drop(holder);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(*served.lock().unwrap(), vec![0, 1, 2, 3]);
+    assert_eq!(waiting().await, 0);
 }

@@ -11,7 +11,7 @@ use credswap::secret::aws::AwsSourceConfig;
 use credswap::secret::vault::{VaultAuth, VaultEngine, VaultSourceConfig};
 use credswap::targets::{EventKind, Outcome, Step, Trigger};
 use support::engine::{load, stale_sessions, swapped, target, wait_event};
-use support::pg::{pki, Cluster};
+use support::pg::Cluster;
 use support::servers::{Bao, Moto};
 use tokio::sync::watch;
 
@@ -229,38 +229,7 @@ async fn aws_alternating_users_rotation_under_load() {
 async fn openbao_dynamic_credentials_across_three_lease_expiries() {
     let db = Cluster::start_tls();
     let bao = Bao::start();
-    db.create_role("vaultadmin", "vault-admin-pw").await;
-    db.admin()
-        .await
-        .batch_execute("ALTER ROLE vaultadmin SUPERUSER")
-        .await
-        .unwrap();
-    bao.call(
-        "POST",
-        "sys/mounts/database",
-        Some(serde_json::json!({"type": "database"})),
-    )
-    .await;
-    bao.call(
-        "POST",
-        "database/config/pg",
-        Some(serde_json::json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}", db.port(), pki().ca_cert().display()),
-            "username": "vaultadmin", "password": "vault-admin-pw", "allowed_roles": "*",
-        })),
-    )
-    .await;
-    bao.call(
-        "POST",
-        "database/roles/dyn",
-        Some(serde_json::json!({
-            "db_name": "pg",
-            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-            "default_ttl": "15s", "max_ttl": "10m",
-        })),
-    )
-    .await;
+    bao.database_engine(&db, "15s", &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, support::servers::BAO_ROOT_TOKEN).unwrap();

@@ -281,47 +281,8 @@ async fn a_namespace_is_sent_with_every_request() {
 /// Mounts the database engine against `db` (TLS, verify-full) with a dynamic role `dyn`
 /// (TTL `ttl`) and a static role `st` for the existing user `app_static`.
 async fn database_engine(bao: &Bao, db: &Cluster, ttl: &str) {
-    db.create_role("vaultadmin", "vault-admin-pw").await;
-    db.admin()
-        .await
-        .batch_execute("ALTER ROLE vaultadmin SUPERUSER")
-        .await
-        .unwrap();
+    bao.database_engine(db, ttl, &[]).await;
     db.create_role("app_static", "initial-static-pw").await;
-    bao.call(
-        "POST",
-        "sys/mounts/database",
-        Some(json!({"type": "database"})),
-    )
-    .await;
-    let url = format!(
-        "postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
-        db.port(),
-        pki().ca_cert().display()
-    );
-    bao.call(
-        "POST",
-        "database/config/pg",
-        Some(json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": url,
-            "username": "vaultadmin",
-            "password": "vault-admin-pw",
-            "allowed_roles": "*",
-        })),
-    )
-    .await;
-    bao.call(
-        "POST",
-        "database/roles/dyn",
-        Some(json!({
-            "db_name": "pg",
-            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-            "default_ttl": ttl,
-            "max_ttl": "10m",
-        })),
-    )
-    .await;
     bao.call(
         "POST",
         "database/static-roles/st",

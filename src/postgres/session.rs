@@ -176,6 +176,7 @@ async fn begin(
 
     // A place among the target's sessions, in arrival order.
     let waited = Instant::now();
+    let waiting = fe.metrics.postgres_waiting(&name);
     let permit = tokio::time::timeout(
         settings.pool.checkout_timeout,
         target.session_permits().clone().acquire_owned(),
@@ -192,6 +193,7 @@ async fn begin(
         )
     })?
     .expect("the semaphore is never closed");
+    drop(waiting);
 
     // Protocol options (`_pq_.*`) stay between client and credswap; 3.x is answered with 3.0.
     let (options, params): (Vec<_>, Vec<_>) = params

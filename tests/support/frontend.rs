@@ -39,6 +39,12 @@ impl Setup {
 }
 
 pub fn target(db: &Cluster, name: &str, secret: &Path, extra: &str) -> String {
+    let source = format!("{{ kind = \"file\", path = \"{}\" }}", secret.display());
+    target_with(db, name, &source, extra)
+}
+
+/// A target on `db` with its `source` table (inline TOML).
+pub fn target_with(db: &Cluster, name: &str, source: &str, extra: &str) -> String {
     // A 2 s drain unless the test sets its own.
     let drain = if extra.contains("drain_timeout") {
         ""
@@ -46,9 +52,8 @@ pub fn target(db: &Cluster, name: &str, secret: &Path, extra: &str) -> String {
         "drain_timeout = \"2s\"\n"
     };
     format!(
-        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\n{drain}min_rotation_interval = \"0s\"\n{extra}\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
+        "[[target]]\nname = \"{name}\"\nurl = \"{}\"\n{drain}min_rotation_interval = \"0s\"\n{extra}\nsource = {source}\n",
         db.url("localhost", &format!("sslmode=verify-full&sslrootcert={}", pki().ca_cert().display())),
-        secret.display()
     )
 }
 

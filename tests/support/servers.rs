@@ -246,6 +246,54 @@ impl Bao {
     }
 
     /// A request with the root token; panics on an error status, with the body.
+    /// Mounts the database engine on `db` (verify-full, as the superuser `vaultadmin` it
+    /// creates) with the dynamic role `dyn`: a login role per lease, valid for `ttl`, and
+    /// `extra` statements run as it is created (grants).
+    pub async fn database_engine(&self, db: &super::pg::Cluster, ttl: &str, extra: &[&str]) {
+        db.create_role("vaultadmin", "vault-admin-pw").await;
+        db.admin()
+            .await
+            .batch_execute("ALTER ROLE vaultadmin SUPERUSER")
+            .await
+            .unwrap();
+        self.call(
+            "POST",
+            "sys/mounts/database",
+            Some(json!({"type": "database"})),
+        )
+        .await;
+        let url = format!(
+            "postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            db.port(),
+            super::pg::pki().ca_cert().display()
+        );
+        self.call(
+            "POST",
+            "database/config/pg",
+            Some(json!({
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": url,
+                "username": "vaultadmin",
+                "password": "vault-admin-pw",
+                "allowed_roles": "*",
+            })),
+        )
+        .await;
+        let mut creation = vec!["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';".to_string()];
+        creation.extend(extra.iter().map(|s| s.to_string()));
+        self.call(
+            "POST",
+            "database/roles/dyn",
+            Some(json!({
+                "db_name": "pg",
+                "creation_statements": creation,
+                "default_ttl": ttl,
+                "max_ttl": "10m",
+            })),
+        )
+        .await;
+    }
+
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         self.call_with(BAO_ROOT_TOKEN, method, path, body)
             .await
