@@ -639,6 +639,11 @@ async fn server_connections_are_reset_and_kept_between_clients() {
     })
     .await;
 
+    let (_, status, _) = s.daemon.get("/v1/targets/app").await;
+    assert_eq!(status["pool"]["postgres_idle_servers"], 1, "{status}");
+    let (code, table, _) = s.daemon.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("WIRE sess/kept"), "{table}");
     let next = s.client("app").await.unwrap();
     assert_eq!(
         backend_pid(&next).await,

@@ -59,6 +59,10 @@ pub fn status_table(v: &Value) -> String {
                             cell(&g["username"])
                         },
                         format!("{}/{}/{}", pool["in_use"], pool["idle"], pool["max_size"]),
+                        format!(
+                            "{}/{}",
+                            pool["postgres_sessions"], pool["postgres_idle_servers"]
+                        ),
                         if last.is_null() {
                             "-".into()
                         } else {
@@ -83,6 +87,7 @@ pub fn status_table(v: &Value) -> String {
             "GEN",
             "USER",
             "POOL use/idle/max",
+            "WIRE sess/kept",
             "LAST ROTATION",
             "BREAKER",
             "REASON",

@@ -68,6 +68,15 @@ impl Frontend {
     }
 }
 
+impl Frontend {
+    /// Publishes how many server connections are kept for `target` (metric and status).
+    fn kept_now(&self, target: &str, generation: &crate::targets::Generation) {
+        let n = self.idle.count(target);
+        self.metrics.postgres_idle_servers(target, n);
+        generation.sessions.set_kept(n);
+    }
+}
+
 /// Accepts client connections until the shutdown; sessions then end at their next idle point
 /// within `grace`.
 pub async fn serve(listener: UnixListener, fe: Arc<Frontend>, grace: Duration) {
@@ -113,6 +122,9 @@ async fn sweep(fe: Arc<Frontend>) {
         close(stale).await;
         for (name, n) in fe.idle.counts() {
             fe.metrics.postgres_idle_servers(&name, n);
+            if let Some(g) = fe.targets.get(&name).and_then(|t| t.current()) {
+                g.sessions.set_kept(n);
+            }
         }
     }
 }

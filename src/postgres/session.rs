@@ -228,8 +228,7 @@ async fn begin(
             max_size,
         );
         super::close(taken.close).await;
-        fe.metrics
-            .postgres_idle_servers(&name, fe.idle.count(&name));
+        fe.kept_now(&name, &generation);
         if let Some(parked) = taken.conn {
             fe.metrics.postgres_server_reused(&name);
             break (guard, Ok(parked));
@@ -329,8 +328,7 @@ async fn begin(
                     max_size,
                 );
                 super::close(close).await;
-                fe.metrics
-                    .postgres_idle_servers(&name, fe.idle.count(&name));
+                fe.kept_now(&name, &generation);
                 fe.metrics.postgres_ended(&name, "client_closed");
                 tracing::debug!(target_name = %name, "postgres session ended; its server connection is kept");
                 return Ok(());

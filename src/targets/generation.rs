@@ -32,6 +32,8 @@ pub struct Generation {
 #[derive(Debug)]
 pub struct Sessions {
     open: AtomicUsize,
+    /// Server connections the front end keeps idle between its clients on this generation.
+    kept: AtomicUsize,
     left: Notify,
     end: watch::Sender<bool>,
 }
@@ -40,6 +42,7 @@ impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             open: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
             left: Notify::new(),
             end: watch::channel(false).0,
         }
@@ -68,6 +71,16 @@ impl Sessions {
     /// Sessions open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Server connections kept idle between clients, as the front end last counted them.
+    pub fn kept(&self) -> usize {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    /// The front end's count of its kept server connections on this generation.
+    pub fn set_kept(&self, n: usize) {
+        self.kept.store(n, Ordering::Release);
     }
 
     /// Resolves when a session leaves (enable it, then check [`Sessions::open`]).

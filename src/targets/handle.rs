@@ -286,6 +286,7 @@ impl TargetHandle {
                     connect_failures: g.pool.health().connect_failures(),
                     last_connect_error: g.pool.health().last_error().map(|(_, e)| e.to_string()),
                     postgres_sessions: g.sessions.open(),
+                    postgres_idle_servers: g.sessions.kept(),
                 }
             }
             None => PoolStats {

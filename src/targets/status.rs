@@ -73,6 +73,8 @@ pub struct PoolStats {
     pub last_connect_error: Option<String>,
     /// Sessions of the PostgreSQL front end on the live generation.
     pub postgres_sessions: usize,
+    /// Server connections the PostgreSQL front end keeps idle between its clients.
+    pub postgres_idle_servers: usize,
 }
 
 /// A generation being drained.
