@@ -754,3 +754,41 @@ async fn waiting_clients_are_served_in_arrival_order() {
     assert_eq!(*served.lock().unwrap(), vec![0, 1, 2, 3]);
     assert_eq!(waiting().await, 0);
 }
+
+/// With the front end on, a generation is swapped in only once the front end's own login path
+/// (a raw login: the same hosts, sslmode and credentials) has worked too. That path connects
+/// upstream over TCP only, so a target on PostgreSQL's Unix socket, whose HTTP-API pool logs
+/// in fine, gets no generation and says why; without `[postgres]` the same target is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_is_swapped_in_only_if_the_front_end_can_log_in_too() {
+    let db = support::pg::Cluster::start_tls();
+    db.create_role("app", support::CANARY_PASSWORD).await;
+    db.allow_local("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = support::credentials_file(dir.path(), "app.json", "app", support::CANARY_PASSWORD);
+    let target = format!(
+        "[[target]]\nname = \"app\"\nurl = \"postgresql:///postgres?host={}&port={}&sslmode=disable\"\nsource = {{ kind = \"file\", path = \"{}\" }}\n",
+        db.socket_dir().display(),
+        db.port(),
+        secret.display()
+    );
+    let plain = support::daemon::Daemon::start(&target, "").await;
+    plain.wait_ready().await;
+    drop(plain);
+
+    let wire = dir.path().join("wire");
+    std::fs::create_dir(&wire).unwrap();
+    let with_front_end = format!(
+        "[postgres]\nsocket_dir = \"{}\"\n\n{target}",
+        wire.display()
+    );
+    let d = support::daemon::Daemon::start(&with_front_end, "").await;
+    until("the target says why it has no generation", || async {
+        let (_, v, _) = d.get("/v1/targets/app").await;
+        v["generation"].is_null()
+            && v["reason"].as_str().is_some_and(|r| {
+                r.contains("the PostgreSQL front end's login") && r.contains("TCP only")
+            })
+    })
+    .await;
+}

@@ -173,6 +173,9 @@ pub enum PoolError {
     TlsUnexpected,
     #[error("verification query failed: {0}")]
     VerifyQuery(String),
+    /// The PostgreSQL front end's own login (`raw.rs`) failed where the pool's worked.
+    #[error("verification failed: the PostgreSQL front end's login: {detail}")]
+    RawLogin { detail: String, auth: bool },
     #[error("no connection free within {waited:?}{}", last_error.as_ref().map(|e| format!("; last connection error: {e}")).unwrap_or_default())]
     CheckoutTimeout {
         waited: Duration,
@@ -188,6 +191,7 @@ impl PoolError {
     pub fn is_auth(&self) -> bool {
         match self {
             PoolError::Connect(e) => e.is_auth(),
+            PoolError::RawLogin { auth, .. } => *auth,
             PoolError::CheckoutTimeout {
                 last_error: Some(e),
                 ..

@@ -8,6 +8,7 @@
 mod connect;
 mod error;
 mod manager;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,8 @@ pub struct BuildOptions {
     pub application_name: String,
     /// Notified when a new connection is refused for its credentials.
     pub on_auth_failure: Option<Arc<Notify>>,
+    /// The PostgreSQL front end is on: prove its own login path too ([`raw::verify`]).
+    pub verify_raw: bool,
 }
 
 impl BuildOptions {
@@ -52,6 +55,7 @@ impl BuildOptions {
         BuildOptions {
             application_name: application_name.into(),
             on_auth_failure: None,
+            verify_raw: false,
         }
     }
 }
@@ -180,6 +184,9 @@ impl VerifiedPool {
         let client = plan.connect().await?;
         let connected = Instant::now();
         let tls_in_use = verify(&client, &plan).await?;
+        if options.verify_raw {
+            raw::verify(&plan).await?;
+        }
         let timings = BuildTimings {
             connect: connected - started,
             verify: connected.elapsed(),

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::server::{self, ServerKey};
 use crate::config::access::Peer;
+use crate::pool::raw::{self as server, ServerKey};
 use crate::targets::TargetHandle;
 
 /// The live sessions' keys.

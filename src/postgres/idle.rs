@@ -1,6 +1,6 @@
 //! Server connections kept between sessions (session pooling). A client that leaves at an idle
 //! point (no transaction open, every request answered, nothing half-sent) leaves its server
-//! connection behind; it is reset with `DISCARD ALL` ([`super::server::reset`]) and parked here
+//! connection behind; it is reset with `DISCARD ALL` ([`crate::pool::raw::reset`]) and parked here
 //! for the next client of the same target and generation that asks with the same startup
 //! parameters. Parameters are matched exactly instead of being re-applied with `SET`: a
 //! connection opened with a client's `options` and `application_name` is, after `DISCARD ALL`,
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::server::ServerConnection;
+use crate::pool::raw::ServerConnection;
 
 /// Startup parameters a connection was opened with (the client's, minus protocol options).
 pub type Params = Vec<(String, String)>;

@@ -11,13 +11,12 @@
 //! on (PostgreSQL keeps sessions open across a password change) until the generation's
 //! `drain_timeout`, then ends at its next idle point with `FATAL 57P01`.
 //!
-//! [`session`] is where a connection goes, [`forward`] the hot path, [`server`] the upstream
-//! login, [`cancel`] the cancel keys, [`wire`] the protocol messages.
+//! [`session`] is where a connection goes, [`forward`] the hot path, [`crate::pool::raw`] the
+//! upstream login, [`cancel`] the cancel keys, [`wire`] the protocol messages.
 
 pub mod cancel;
 pub mod forward;
 pub mod idle;
-pub mod server;
 pub mod session;
 pub mod wire;
 
@@ -31,6 +30,7 @@ use crate::listen::accept::{self, ConnLimits, Gate};
 use crate::listen::ratelimit::LogThrottle;
 use crate::listen::UnixConn;
 use crate::metrics::Metrics;
+use crate::pool::raw;
 use crate::shutdown::Shutdown;
 use crate::targets::Registry;
 
@@ -130,11 +130,11 @@ async fn sweep(fe: Arc<Frontend>) {
 }
 
 /// Ends server sessions politely, all at once (each within a second).
-async fn close(conns: Vec<server::ServerConnection>) {
+async fn close(conns: Vec<raw::ServerConnection>) {
     futures_util::future::join_all(
         conns
             .into_iter()
-            .map(|mut c| async move { server::terminate(&mut c.stream).await }),
+            .map(|mut c| async move { raw::terminate(&mut c.stream).await }),
     )
     .await;
 }

@@ -13,11 +13,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::forward::{self, End};
 use super::idle;
-use super::server::{self, ServerError};
 use super::wire::{self, Startup, StartupError};
 use super::Frontend;
 use crate::config::access::Peer;
 use crate::listen::{ReadInterestStream, UnixConn};
+use crate::pool::raw::{self as server, ServerError};
 use crate::targets::generation::SessionGuard;
 use crate::targets::TargetHandle;
 

@@ -16,6 +16,8 @@ use crate::targets::{Event, Outcome, Registry, TargetHandle, TargetState};
 pub struct Engine {
     targets: RwLock<Vec<Running>>,
     registry: Arc<Registry>,
+    /// `[postgres]` is on (fixed until a restart): generations prove its login path too.
+    verify_raw: bool,
     /// Rotators that were told to stop, still draining; awaited at shutdown.
     retired: tokio::sync::Mutex<JoinSet<()>>,
 }
@@ -28,11 +30,11 @@ struct Running {
 }
 
 impl Running {
-    fn start(t: &Target, registry: &Registry) -> Running {
+    fn start(t: &Target, registry: &Registry, verify_raw: bool) -> Running {
         let (runtime, commands) =
             TargetHandle::new(t, describe(&t.source), registry.event_sender());
         let (stop, stop_rx) = watch::channel(false);
-        let rotator = Rotator::new(runtime.clone(), t.clone(), commands, stop_rx);
+        let rotator = Rotator::new(runtime.clone(), t.clone(), commands, stop_rx, verify_raw);
         Running {
             runtime,
             stop,
@@ -99,10 +101,11 @@ impl Engine {
         let targets: Vec<Running> = config
             .targets
             .iter()
-            .map(|t| Running::start(t, &registry))
+            .map(|t| Running::start(t, &registry, config.postgres.is_some()))
             .collect();
         registry.publish(targets.iter().map(|r| r.runtime.clone()).collect());
         Engine {
+            verify_raw: config.postgres.is_some(),
             targets: RwLock::new(targets),
             registry,
             retired: tokio::sync::Mutex::new(JoinSet::new()),
@@ -148,7 +151,7 @@ impl Engine {
             match old.iter().find(|(n, _)| *n == t.name) {
                 None => {
                     report.added.push(t.name.clone());
-                    starting.push(Running::start(t, &self.registry));
+                    starting.push(Running::start(t, &self.registry, self.verify_raw));
                 }
                 Some((_, was)) if same_pool(was, t) => {
                     if was.access != t.access {
@@ -159,7 +162,7 @@ impl Engine {
                 }
                 Some(_) => {
                     report.changed.push(t.name.clone());
-                    starting.push(Running::start(t, &self.registry));
+                    starting.push(Running::start(t, &self.registry, self.verify_raw));
                 }
             }
         }

@@ -125,6 +125,8 @@ impl Steps {
 
 pub(crate) struct Rotator {
     target: Arc<TargetHandle>,
+    /// The PostgreSQL front end is on: a generation's raw login is verified before its swap.
+    verify_raw: bool,
     cfg: Target,
     builder: Arc<dyn PoolBuilder>,
     source: Option<Arc<dyn SecretSource>>,
@@ -196,8 +198,10 @@ impl Rotator {
         cfg: Target,
         commands: mpsc::Receiver<Command>,
         shutdown: watch::Receiver<bool>,
+        verify_raw: bool,
     ) -> Rotator {
         Rotator {
+            verify_raw,
             builder: Arc::new(Verifying),
             breaker: Breaker::new(cfg.breaker),
             refresh_at: Instant::now() + jittered(cfg.refresh_interval),
@@ -457,6 +461,7 @@ impl Rotator {
                 id,
             ),
             on_auth_failure: Some(self.target.auth_failure.clone()),
+            verify_raw: self.verify_raw,
         };
         let pool = match self
             .builder

@@ -117,7 +117,7 @@ fn start(source: Scripted, tune: impl FnOnce(&mut Target)) -> Harness {
     let (stop, stop_rx) = watch::channel(false);
     let source = Arc::new(source);
     let builder = Arc::new(Offline::default());
-    let mut rotator = Rotator::new(target.clone(), cfg, commands, stop_rx);
+    let mut rotator = Rotator::new(target.clone(), cfg, commands, stop_rx, false);
     rotator.source = Some(source.clone());
     rotator.builder = builder.clone();
     Harness {

@@ -248,6 +248,18 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Lets `user` log in over the Unix socket with its password (SCRAM), and reloads.
+    pub async fn allow_local(&self, user: &str) {
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("local all {user} scram-sha-256\n{rules}")).unwrap();
+        self.admin()
+            .await
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+    }
+
     /// A connection string to this cluster's `postgres` database, without credentials.
     pub fn url(&self, host: &str, params: &str) -> String {
         let sep = if params.is_empty() { "" } else { "?" };

@@ -1,7 +1,9 @@
 //! Raw server connections for the PostgreSQL front end: the generation's hosts, its sslmode
 //! through the same rustls configuration as its pool, and a login with its credentials
 //! (SCRAM-SHA-256, MD5 or cleartext, by `postgres-protocol`). What comes back is the byte stream
-//! itself, ready for forwarding, with the server's parameters and its cancel key.
+//! itself, ready for forwarding, with the server's parameters and its cancel key. It lives
+//! beside the pool's own login (`connect.rs`, through tokio-postgres, which does not hand its
+//! stream back) because a generation is verified through both before it is swapped in.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::dsn::Host;
-use crate::pool::ConnectPlan;
+use crate::pool::{ConnectPlan, PoolError};
 use crate::tls::SslMode;
 
 /// A TCP stream, encrypted or not.
@@ -462,6 +464,46 @@ pub async fn reset(conn: &mut ServerConnection, within: Duration) -> bool {
     matches!(tokio::time::timeout(within, work).await, Ok(Ok(true)))
 }
 
+/// A parameter the server reported at login, from its `ParameterStatus` messages.
+pub fn reported<'a>(status: &'a [u8], name: &str) -> Option<&'a str> {
+    let mut rest = status;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().expect("four bytes")) as usize;
+        let (frame, next) = rest.split_at((len + 1).min(rest.len()));
+        rest = next;
+        let body = frame.get(5..)?;
+        let mut fields = body.split(|b| *b == 0);
+        if let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+            if key == name.as_bytes() {
+                return std::str::from_utf8(value).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Proves the front end's login path with a new generation's credentials before it is swapped
+/// in: a raw login (the same hosts, sslmode and credentials), as the expected user.
+pub async fn verify(plan: &ConnectPlan) -> Result<(), PoolError> {
+    let mut conn = connect(plan, &[]).await.map_err(|e| PoolError::RawLogin {
+        auth: e.is_auth(),
+        detail: e.to_string(),
+    })?;
+    let user = reported(&conn.parameter_status, "session_authorization").map(str::to_string);
+    terminate(&mut conn.stream).await;
+    match user {
+        Some(u) if u == plan.username() => Ok(()),
+        Some(actual) => Err(PoolError::WrongUser {
+            expected: plan.username().to_string(),
+            actual,
+        }),
+        None => Err(PoolError::RawLogin {
+            auth: false,
+            detail: "the server did not report session_authorization".into(),
+        }),
+    }
+}
+
 /// Leaves the session politely: a `Terminate` message, then the connection closes.
 pub async fn terminate(stream: &mut ServerStream) {
     let mut buf = BytesMut::new();
@@ -471,4 +513,31 @@ pub async fn terminate(stream: &mut ServerStream) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reported;
+
+    #[test]
+    fn reported_parameters_are_found_by_name() {
+        let mut status = Vec::new();
+        for (k, v) in [
+            ("server_version", "15.18"),
+            ("session_authorization", "app"),
+        ] {
+            let body = [k.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat();
+            status.push(b'S');
+            status.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            status.extend_from_slice(&body);
+        }
+        assert_eq!(reported(&status, "session_authorization"), Some("app"));
+        assert_eq!(reported(&status, "server_version"), Some("15.18"));
+        assert_eq!(reported(&status, "TimeZone"), None);
+        assert_eq!(
+            reported(&status[..7], "session_authorization"),
+            None,
+            "cut short"
+        );
+    }
 }
