@@ -3,13 +3,16 @@ counts: repeatable whatever else the machine runs) while pgbench -S -M simple ru
 socket. Uses dev/bench.py's setup (a TLS PostgreSQL with pgbench's tables, the bench
 configuration). Run after `cargo build --release --locked --bins`:
 
-    .venv/bin/python dev/profile_wire.py [CLIENTS] [SECONDS]     default 16 clients, 20 s
+    .venv/bin/python dev/profile_wire.py [CLIENTS] [SECONDS] [wire|api]   default 16, 20 s, wire
+
+`api` profiles the HTTP API instead: credswap-bench's `SELECT 1` requests on the API socket.
 
 A warm-up run first opens the server connections (kept between clients afterwards), then
 collection starts: the profile is the steady state. Prints pgbench's transaction count, the
 daemon's instructions per transaction and callgrind_annotate's top functions; the raw profile is
 left in target/profile/callgrind.out.
 """
+import json
 import os
 import re
 import shutil
@@ -26,6 +29,7 @@ import bench  # noqa: E402
 def main():
     clients = int(sys.argv[1]) if len(sys.argv) > 1 else 16
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    mode = sys.argv[3] if len(sys.argv) > 3 else "wire"
     out_dir = os.path.join(bench.ROOT, "target", "profile")
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, "callgrind.out")
@@ -46,6 +50,10 @@ def main():
             ["psql", "-X", "-h", b.path("main-pg"), "-U", "app", "-d", "wire", "-c", "SELECT 1"],
             capture_output=True, env=pg_env).returncode == 0, timeout=120)
         def pgbench(duration):
+            if mode == "api":
+                return subprocess.run([bench.BENCH, "api", "--socket", b.path("main.sock"), "--target", "one",
+                                       "--clients", str(clients), "--duration", f"{duration}s", "--warmup", "0s",
+                                       "--query", "select1"], capture_output=True, text=True, check=True).stdout
             return subprocess.run(["pgbench", "-n", "-S", "-M", "simple", "-c", str(clients), "-j", "2", "-T",
                                    str(duration), "-h", b.path("main-pg"), "-U", "app", "wire"],
                                   capture_output=True, text=True, env=pg_env, check=True).stdout
@@ -54,13 +62,19 @@ def main():
         pgbench(5)
         subprocess.run(["callgrind_control", "--instr=on", str(daemon.pid)], check=True, capture_output=True)
         run = pgbench(seconds)
-        transactions = int(re.search(r"number of transactions actually processed: (\d+)", run).group(1))
+        if mode == "api":
+            load = json.loads(run)["load"]
+            transactions = load["requests"]
+            if load.get("failed"):
+                print("failed requests:", load.get("errors"))
+        else:
+            transactions = int(re.search(r"number of transactions actually processed: (\d+)", run).group(1))
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=120)
         annotate = subprocess.run(["callgrind_annotate", "--inclusive=no", out], capture_output=True,
                                   text=True).stdout
         total = int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", annotate).group(1).replace(",", ""))
-        print(f"{clients} clients, {seconds} s under callgrind: {transactions} transactions; "
+        print(f"{mode}, {clients} clients, {seconds} s under callgrind: {transactions} transactions; "
               f"{total / max(transactions, 1):,.0f} daemon instructions per transaction")
         print("\n".join(annotate.splitlines()[:60]))
     finally:

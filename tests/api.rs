@@ -980,3 +980,34 @@ except socket.timeout:
     let answer = String::from_utf8_lossy(&out.stdout);
     assert_eq!(answer.trim(), "HTTP/1.1 403 Forbidden", "{out:?}");
 }
+
+/// A query's answer is sent with its length (not chunked): it is encoded whole before it is
+/// sent, and simple HTTP clients (the load generator's) read by `content-length`.
+#[tokio::test]
+async fn answers_carry_their_length() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_db, _dir, d) = one_target("", "").await;
+    let body = r#"{"sql": "SELECT 1 AS one"}"#;
+    let mut c = tokio::net::UnixStream::connect(d.socket_path())
+        .await
+        .unwrap();
+    c.write_all(
+        format!(
+            "POST /v1/targets/app/query HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    let (head, payload) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", payload.len())),
+        "{head}\n{payload}"
+    );
+}

@@ -172,6 +172,7 @@ impl Budget {
             }
             held
         });
+        let length = HeaderValue::from(body.len());
         let bytes = Bytes::from(body);
         let chunks = futures_util::stream::unfold((Some(bytes), held), |(next, held)| async move {
             // The reservation goes once the writer has asked past the last chunk.
@@ -179,10 +180,13 @@ impl Budget {
             Some((Ok::<_, Infallible>(chunk), (None, held)))
         });
         let mut response = axum::body::Body::from_stream(chunks).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // Known in advance: sent as a length, not chunked.
+        headers.insert(header::CONTENT_LENGTH, length);
         Ok(response)
     }
 }
