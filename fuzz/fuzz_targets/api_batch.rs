@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     };
     for s in &batch.statements {
         let command = command_of(&s.sql);
-        assert!(command.chars().all(|c| c.is_ascii_uppercase()), "{command:?}");
+        assert!(
+            command.chars().all(|c| c.is_ascii_uppercase()),
+            "{command:?}"
+        );
         match effect(&s.sql) {
             Ok(_) => {}
             Err(e) => {

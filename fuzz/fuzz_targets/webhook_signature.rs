@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
     let by_headers = v.refuses_by_headers(Some(&header), None, NOW);
     let full = v.check(Some(&header), None, BODY, NOW);
     if by_headers {
-        assert_eq!(full, Verdict::Refused, "refused by headers, accepted in full: {header:?}");
+        assert_eq!(
+            full,
+            Verdict::Refused,
+            "refused by headers, accepted in full: {header:?}"
+        );
     }
 
     // The valid signature's MAC, placed after up to three of the input's candidates.
@@ -53,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
     let fresh = verifier(&key);
     let verdict = fresh.check(Some(&hidden), None, BODY, NOW);
     if hidden.len() <= 512 {
-        assert_eq!(verdict, Verdict::Ok, "a valid signature was refused: {hidden:?}");
+        assert_eq!(
+            verdict,
+            Verdict::Ok,
+            "a valid signature was refused: {hidden:?}"
+        );
         assert!(!fresh.refuses_by_headers(Some(&hidden), None, NOW));
     }
 });
