@@ -213,6 +213,7 @@ impl Cluster {
             );
             std::fs::write(data.join("postgresql.auto.conf"), conf).unwrap();
             let log = dir.path().join("server.log");
+            let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
             let out = pg_command("pg_ctl")
                 .arg("-D")
                 .arg(&data)
@@ -221,6 +222,20 @@ impl Cluster {
                 .args(["-w", "-t", "30", "start"])
                 .output()
                 .expect("pg_ctl runs");
+            // With two listen addresses PostgreSQL starts if it can bind either: a port another
+            // test's cluster holds on 127.0.0.1 would leave `localhost` reaching that cluster.
+            let log_text = std::fs::read_to_string(&log)
+                .map(|t| t.get(logged_before..).unwrap_or_default().to_string())
+                .unwrap_or_default();
+            if out.status.success() && log_text.contains("could not bind") {
+                let _ = pg_command("pg_ctl")
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-m", "immediate", "-w", "stop"])
+                    .output();
+                last_error = log_text;
+                continue;
+            }
             if out.status.success() {
                 let owned = Some(own_postmaster(&data));
                 return Cluster {
