@@ -108,8 +108,12 @@ def send_forged(port, kind, count, body):
     return statuses
 
 
+# A forged webhook's body: 64 KiB of valid JSON naming a target.
+FORGED_BODY = b'{"target":"one","pad":"' + b"x" * (64 * 1024 - 40) + b'"}'
+
+
 def flood_forever(port, kind, stop, counter):
-    body = b'{"target":"one","pad":"' + b"x" * (64 * 1024 - 40) + b'"}'
+    body = FORGED_BODY
     header = forged_headers(kind)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
@@ -125,7 +129,7 @@ def flood_forever(port, kind, stop, counter):
 
 
 def forged(b, daemon_pid, api_socket):
-    body = b'{"target":"one","pad":"' + b"x" * (64 * 1024 - 40) + b'"}'
+    body = FORGED_BODY
     out = {}
     for kind, n in (("many_candidates", 200), ("four_candidates_64k_body", 2000)):
         send_forged(b.hook_port, kind, 20, body)  # warm-up

@@ -832,23 +832,18 @@ async fn batches_are_bounded_as_a_whole() {
     )
     .await;
     let batch = |statements: &[&str], timeout_ms: u64| {
-        json!({
+        let body = json!({
             "statements": statements.iter().map(|s| json!({"sql": s})).collect::<Vec<_>>(),
             "timeout_ms": timeout_ms,
-        })
+        });
+        d.call("POST", "/v1/targets/app/batch", Some(body))
     };
     let refused = |v: &Value, status: u16, s: u16, words: &str| {
         assert_eq!(s, status, "{v}");
         let message = v["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(words), "{message}");
     };
-    let (s, v, _) = d
-        .call(
-            "POST",
-            "/v1/targets/app/batch",
-            Some(batch(&["SELECT 1"; 4], 10_000)),
-        )
-        .await;
+    let (s, v, _) = batch(&["SELECT 1"; 4], 10_000).await;
     refused(
         &v,
         413,
@@ -860,37 +855,19 @@ async fn batches_are_bounded_as_a_whole() {
     let big = "SELECT repeat('x', 1500)";
     let (s, v, _) = d.query("app", json!({ "sql": big })).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v, _) = d
-        .call(
-            "POST",
-            "/v1/targets/app/batch",
-            Some(batch(&[big, big, big], 10_000)),
-        )
-        .await;
+    let (s, v, _) = batch(&[big, big, big], 10_000).await;
     refused(&v, 413, s, "larger than 4096 bytes");
     refused(&v, 413, s, "all its statements together");
 
     let six = "SELECT g FROM generate_series(1, 6) g";
     let (s, v, _) = d.query("app", json!({ "sql": six })).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v, _) = d
-        .call(
-            "POST",
-            "/v1/targets/app/batch",
-            Some(batch(&[six, six], 10_000)),
-        )
-        .await;
+    let (s, v, _) = batch(&[six, six], 10_000).await;
     refused(&v, 413, s, "more than 10 rows");
 
     // Three statements of 0.6 s each, 1.5 s for the batch: each alone would finish in time.
     let nap = "SELECT pg_sleep(0.6)";
-    let (s, v, _) = d
-        .call(
-            "POST",
-            "/v1/targets/app/batch",
-            Some(batch(&[nap, nap, nap], 1500)),
-        )
-        .await;
+    let (s, v, _) = batch(&[nap, nap, nap], 1500).await;
     refused(&v, 504, s, "did not finish within 1500 ms");
     assert!(
         v["error"]["message"]
@@ -899,13 +876,7 @@ async fn batches_are_bounded_as_a_whole() {
             .starts_with("statement 2:"),
         "{v}"
     );
-    let (s, v, _) = d
-        .call(
-            "POST",
-            "/v1/targets/app/batch",
-            Some(batch(&[nap, nap], 1500)),
-        )
-        .await;
+    let (s, v, _) = batch(&[nap, nap], 1500).await;
     assert_eq!(s, 200, "{v}");
 }
 

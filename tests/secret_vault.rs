@@ -392,11 +392,16 @@ async fn database_engine_dynamic_and_static() {
     }
 }
 
-#[tokio::test]
-async fn the_store_over_tls_with_its_ca_file() {
+/// OpenBao over TLS, answering (its CA file appears slightly before its listener does), with
+/// the KV secret `app/rw` and a token-auth configuration for it (without a `ca_file`); `before`
+/// sees the store's CA file before anything connects.
+async fn tls_store(
+    dir: &std::path::Path,
+    before: impl FnOnce(&std::path::Path),
+) -> (Bao, VaultSourceConfig, std::path::PathBuf) {
     let bao = Bao::start_tls();
-    let dir = tempfile::tempdir().unwrap();
-    // Wait until the TLS listener answers (the CA file appears slightly before).
+    let ca_file = bao.ca_file();
+    before(&ca_file);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while bao
         .call_with(BAO_ROOT_TOKEN, "GET", "sys/health", None)
@@ -412,9 +417,16 @@ async fn the_store_over_tls_with_its_ca_file() {
     bao.kv2_put("app/rw", json!({"username": "app", "password": "p"}))
         .await;
     let auth = VaultAuth::Token {
-        token_file: Some(secret_file(dir.path(), "token", BAO_ROOT_TOKEN)),
+        token_file: Some(secret_file(dir, "token", BAO_ROOT_TOKEN)),
     };
-    let mut c = cfg(&bao, auth, VaultEngine::Kv2, "app/rw");
+    let c = cfg(&bao, auth, VaultEngine::Kv2, "app/rw");
+    (bao, c, ca_file)
+}
+
+#[tokio::test]
+async fn the_store_over_tls_with_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, mut c, ca_file) = tls_store(dir.path(), |_| {}).await;
     assert!(c.address.starts_with("https://"));
     // Without its CA the store's certificate is not trusted.
     let err = VaultSource::new(&c).await.unwrap_err();
@@ -425,7 +437,7 @@ async fn the_store_over_tls_with_its_ca_file() {
         ),
         "{err:?}"
     );
-    c.ca_file = Some(bao.ca_file());
+    c.ca_file = Some(ca_file);
     let src = VaultSource::new(&c).await.unwrap();
     assert_eq!(src.fetch(Stage::Current).await.unwrap().username, "app");
 }
@@ -435,28 +447,9 @@ async fn the_store_over_tls_with_its_ca_file() {
 /// store is trusted without a `ca_file`, and not with the `ca_file` of another CA.
 #[tokio::test]
 async fn a_ca_file_pins_the_store_ca() {
-    let bao = Bao::start_tls();
-    // This test runs in a process of its own (nextest), before any client reads the roots.
-    std::env::set_var("SSL_CERT_FILE", bao.ca_file());
     let dir = tempfile::tempdir().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while bao
-        .call_with(BAO_ROOT_TOKEN, "GET", "sys/health", None)
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "OpenBao TLS did not answer"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bao.kv2_put("app/rw", json!({"username": "app", "password": "p"}))
-        .await;
-    let auth = VaultAuth::Token {
-        token_file: Some(secret_file(dir.path(), "token", BAO_ROOT_TOKEN)),
-    };
-    let mut c = cfg(&bao, auth, VaultEngine::Kv2, "app/rw");
+    // This test runs in a process of its own (nextest), before any client reads the roots.
+    let (_bao, mut c, _) = tls_store(dir.path(), |ca| std::env::set_var("SSL_CERT_FILE", ca)).await;
     let src = VaultSource::new(&c)
         .await
         .expect("the system trust holds the store's CA");
