@@ -109,6 +109,7 @@ pub struct Metrics {
     pg_waiting: Family<TargetLabel, Gauge>,
     pg_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
     pg_sessions: Family<StateLabels, Gauge>,
+    pg_pinned: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,6 +143,7 @@ impl Metrics {
             pg_waiting: Family::default(),
             pg_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
             pg_sessions: Family::default(),
+            pg_pinned: Family::default(),
             registry: Registry::with_prefix("credswap"),
         };
         m.registry.register(
@@ -178,6 +180,11 @@ impl Metrics {
             "postgres_server_sessions",
             "Server sessions of the PostgreSQL front end: serving a client of the live or a draining generation, or idle (kept between clients)",
             m.pg_sessions.clone(),
+        );
+        m.registry.register(
+            "postgres_pinned_clients",
+            "Transaction-mode clients pinned to their server connection for the rest of their session, by target and reason",
+            m.pg_pinned.clone(),
         );
         m.registry.register(
             "rotations",
@@ -358,6 +365,16 @@ impl Metrics {
     /// Why a PostgreSQL front-end session ended (or was refused).
     pub fn postgres_ended(&self, target: &str, reason: &str) {
         self.pg_ended
+            .get_or_create(&ReasonLabels {
+                target: target.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A transaction-mode client was pinned to its server connection.
+    pub fn postgres_pinned(&self, target: &str, reason: &str) {
+        self.pg_pinned
             .get_or_create(&ReasonLabels {
                 target: target.into(),
                 reason: reason.into(),

@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use credswap::config::{Config, Source};
+use credswap::config::{Config, PoolMode, Source};
 use credswap::tls::{RootCert, SslMode};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -356,8 +356,8 @@ fn overlong_durations_are_refused() {
     assert!(e.iter().any(|e| e.contains("1 year")), "{e:?}");
 }
 
-/// The PostgreSQL front end's table: defaults, the socket path libpq expects, and transaction
-/// mode refused until it exists.
+/// The PostgreSQL front end's table: defaults, the socket path libpq expects, transaction mode
+/// globally or per target, and a prepared-statement limit of zero refused.
 #[test]
 fn postgres_front_end_settings() {
     let c = load(&format!(
@@ -367,12 +367,27 @@ fn postgres_front_end_settings() {
     let p = c.postgres.unwrap();
     assert_eq!(p.socket, PathBuf::from("/run/credswap/.s.PGSQL.5432"));
     assert_eq!((p.socket_mode, p.max_client_connections), (0o660, 1000));
-    let e = errors(&format!("[postgres]\npool_mode = \"transaction\"\n{GOOD}"));
+    assert_eq!(
+        (p.pool_mode, p.max_prepared_statements),
+        (PoolMode::Session, 200)
+    );
+    assert_eq!(c.targets[0].pool_mode, None, "follows [postgres]");
+    let c = load(&format!(
+        "[postgres]\npool_mode = \"transaction\"\n{}",
+        GOOD.replace("source =", "pool_mode = \"session\"\nsource =")
+    ))
+    .unwrap();
+    assert_eq!(c.postgres.unwrap().pool_mode, PoolMode::Transaction);
+    assert_eq!(c.targets[0].pool_mode, Some(PoolMode::Session));
+    let e = errors(&format!(
+        "[postgres]\nmax_prepared_statements = 0\n{GOOD}"
+    ));
     assert!(
-        e.iter()
-            .any(|e| e.contains("postgres.pool_mode") && e.contains("session")),
+        e.iter().any(|e| e.contains("postgres.max_prepared_statements")),
         "{e:?}"
     );
+    let e = errors(&GOOD.replace("source =", "pool_mode = \"statement\"\nsource ="));
+    assert!(e.iter().any(|e| e.contains("pool_mode")), "{e:?}");
     let e = errors(&format!(
         "[postgres]\nsocket_dir = \"run\"\nport = 6432\n{GOOD}"
     ));

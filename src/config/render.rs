@@ -25,6 +25,7 @@ struct EffectivePostgres {
     #[serde(skip_serializing_if = "Option::is_none")]
     socket_gid: Option<u32>,
     pool_mode: super::PoolMode,
+    max_prepared_statements: usize,
     max_client_connections: usize,
     max_message_bytes: usize,
     #[serde(with = "super::duration")]
@@ -60,6 +61,8 @@ struct EffectiveTarget<'a> {
     drain_timeout: String,
     min_rotation_interval: String,
     pool: &'a PoolSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_mode: Option<super::PoolMode>,
     retry: &'a RetrySettings,
     breaker: &'a BreakerSettings,
     allow_uids: Vec<u32>,
@@ -90,6 +93,7 @@ pub fn render_effective(config: &Config) -> String {
             socket_mode: format!("{:04o}", p.socket_mode),
             socket_gid: p.socket_gid,
             pool_mode: p.pool_mode,
+            max_prepared_statements: p.max_prepared_statements,
             max_client_connections: p.max_client_connections,
             max_message_bytes: p.max_message_bytes,
             startup_timeout: p.startup_timeout,
@@ -121,6 +125,7 @@ pub fn render_effective(config: &Config) -> String {
                 drain_timeout: duration::format(t.drain_timeout),
                 min_rotation_interval: duration::format(t.min_rotation_interval),
                 pool: &t.pool,
+                pool_mode: t.pool_mode,
                 retry: &t.retry,
                 breaker: &t.breaker,
                 allow_uids: t.access.uids.iter().copied().collect(),

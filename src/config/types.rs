@@ -125,9 +125,14 @@ pub struct PostgresConfig {
     /// Group owning the socket file.
     #[serde(default)]
     pub socket_group: Option<String>,
-    /// `session`: a server connection for a client's whole session.
+    /// `session`: a server connection for a client's whole session; `transaction`: one per
+    /// transaction. A target's own `pool_mode` overrides it.
     #[serde(default)]
     pub pool_mode: PoolMode,
+    /// Protocol-level prepared statements each server connection keeps in transaction mode
+    /// (least recently used closed first).
+    #[serde(default = "default_pg_max_prepared")]
+    pub max_prepared_statements: usize,
     /// Client connections at once (a client past it gets `53300`).
     #[serde(default = "default_pg_max_clients")]
     pub max_client_connections: usize,
@@ -146,7 +151,7 @@ pub enum PoolMode {
     /// A server connection for the client's whole session.
     #[default]
     Session,
-    /// A server connection per transaction (not built yet; refused by validation).
+    /// A server connection per transaction, returned at `ReadyForQuery` "idle".
     Transaction,
 }
 
@@ -161,6 +166,9 @@ fn default_pg_max_clients() -> usize {
 }
 fn default_pg_max_message() -> usize {
     256 << 20
+}
+fn default_pg_max_prepared() -> usize {
+    200
 }
 fn default_pg_startup_timeout() -> Duration {
     Duration::from_secs(10)
@@ -307,6 +315,9 @@ pub struct TargetConfig {
     pub url: String,
     #[serde(default)]
     pub pool: PoolSettings,
+    /// The PostgreSQL front end's pool mode for this target (default: `[postgres]`'s).
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
     /// How often the secret source is asked for a new version even without a trigger.
     #[serde(default = "default_refresh", with = "duration")]
     pub refresh_interval: Duration,

@@ -109,6 +109,7 @@ pub fn validate(
                 name: t.name.clone(),
                 conn,
                 pool: t.pool.clone(),
+                pool_mode: t.pool_mode,
                 refresh_interval: t.refresh_interval,
                 drain_timeout: t.drain_timeout,
                 min_rotation_interval: t.min_rotation_interval,
@@ -171,10 +172,10 @@ fn validate_postgres(p: &super::PostgresConfig, c: &mut Collector<'_>) -> super:
             ),
         );
     }
-    if p.pool_mode == super::PoolMode::Transaction {
+    if p.max_prepared_statements == 0 {
         c.error(
-            "postgres.pool_mode".into(),
-            "\"transaction\" is not available yet; fix: use \"session\" (the default)",
+            "postgres.max_prepared_statements".into(),
+            "must be at least 1; e.g. 200",
         );
     }
     if p.max_client_connections == 0 {
@@ -202,6 +203,7 @@ fn validate_postgres(p: &super::PostgresConfig, c: &mut Collector<'_>) -> super:
         socket_mode: socket_mode(&p.socket_mode, "postgres.socket_mode", c),
         socket_gid: socket_group(p.socket_group.as_ref(), "postgres.socket_group", c),
         pool_mode: p.pool_mode,
+        max_prepared_statements: p.max_prepared_statements,
         max_client_connections: p.max_client_connections,
         max_message_bytes: p.max_message_bytes,
         startup_timeout: p.startup_timeout,

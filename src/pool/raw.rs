@@ -464,6 +464,67 @@ pub async fn reset(conn: &mut ServerConnection, within: Duration) -> bool {
     matches!(tokio::time::timeout(within, work).await, Ok(Ok(true)))
 }
 
+/// Why a statement credswap ran for itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuietError {
+    #[error("the server refused it (SQLSTATE {code}): {message}")]
+    Server { code: String, message: String },
+    #[error("the connection broke or did not answer in time")]
+    Broken,
+}
+
+/// Runs `sql` for credswap itself on an idle connection; no answer reaches a client. The
+/// `ParameterStatus` messages it produced come back (name, value), to keep track of the
+/// session's reported parameters.
+pub async fn run_quietly(
+    conn: &mut ServerConnection,
+    sql: &str,
+    within: Duration,
+) -> Result<Vec<(String, String)>, QuietError> {
+    let work = async {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf)?;
+        conn.stream.write_all(&buf).await?;
+        let mut read = BytesMut::new();
+        let mut status = Vec::new();
+        let mut failed = None;
+        loop {
+            let (_, message) = next_message(&mut conn.stream, &mut read).await?;
+            match message? {
+                backend::Message::ErrorResponse(body) => {
+                    let (mut code, mut message) = (String::new(), String::new());
+                    let mut fields = body.fields();
+                    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+                        match f.type_() {
+                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    failed = Some(QuietError::Server { code, message });
+                }
+                backend::Message::ParameterStatus(p) => {
+                    if let (Ok(name), Ok(value)) = (p.name(), p.value()) {
+                        status.push((name.to_string(), value.to_string()));
+                    }
+                }
+                backend::Message::ReadyForQuery(r) => {
+                    return Ok::<_, std::io::Error>(match failed {
+                        Some(e) => Err(e),
+                        None if r.status() == b'I' && read.is_empty() => Ok(status),
+                        None => Err(QuietError::Broken),
+                    })
+                }
+                _ => {}
+            }
+        }
+    };
+    match tokio::time::timeout(within, work).await {
+        Ok(Ok(result)) => result,
+        _ => Err(QuietError::Broken),
+    }
+}
+
 /// A parameter the server reported at login, from its `ParameterStatus` messages.
 pub fn reported<'a>(status: &'a [u8], name: &str) -> Option<&'a str> {
     let mut rest = status;

@@ -20,7 +20,9 @@ pub struct CancelKeys {
 
 struct Entry {
     target: Arc<TargetHandle>,
-    server: ServerKey,
+    /// The server session serving the client now (in transaction mode, none between
+    /// transactions).
+    server: Option<Arc<ServerKey>>,
 }
 
 /// A session's key; dropping it unlinks the key.
@@ -42,7 +44,11 @@ impl Drop for Registered<'_> {
 
 impl CancelKeys {
     /// Issues a fresh key for a session served by `server` on `target`.
-    pub fn register(&self, target: Arc<TargetHandle>, server: ServerKey) -> Registered<'_> {
+    pub fn register(
+        &self,
+        target: Arc<TargetHandle>,
+        server: Option<Arc<ServerKey>>,
+    ) -> Registered<'_> {
         let mut sessions = self.sessions.lock().expect("never poisoned");
         let (pid, secret) = loop {
             // A positive pid, as PostgreSQL's are; the secret is the part that matters.
@@ -56,6 +62,18 @@ impl CancelKeys {
             keys: self,
             pid,
             secret,
+        }
+    }
+
+    /// Points a session's key at the server session serving it now.
+    pub fn point(&self, key: &Registered<'_>, server: Option<Arc<ServerKey>>) {
+        if let Some(entry) = self
+            .sessions
+            .lock()
+            .expect("never poisoned")
+            .get_mut(&(key.pid, key.secret))
+        {
+            entry.server = server;
         }
     }
 
@@ -77,7 +95,10 @@ impl CancelKeys {
                 );
                 return false;
             }
-            entry.server.clone()
+            let Some(server) = entry.server.clone() else {
+                return false;
+            };
+            server
         };
         match server::cancel(&server).await {
             Ok(()) => true,

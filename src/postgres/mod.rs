@@ -18,6 +18,7 @@ pub mod cancel;
 pub mod forward;
 pub mod idle;
 pub mod session;
+pub mod transaction;
 pub mod wire;
 
 use std::sync::Arc;
@@ -45,6 +46,11 @@ pub struct Frontend {
     refusals: LogThrottle,
     /// Server connections kept between sessions.
     idle: idle::IdleServers,
+    /// Server connections of transaction-mode targets.
+    pools: transaction::servers::Pools,
+    /// Prepared statements shared by transaction-mode clients.
+    statements: transaction::statements::Statements,
+    next_client: std::sync::atomic::AtomicU64,
 }
 
 impl Frontend {
@@ -64,6 +70,9 @@ impl Frontend {
             cancels: cancel::CancelKeys::default(),
             refusals: LogThrottle::default(),
             idle: idle::IdleServers::default(),
+            pools: Default::default(),
+            statements: Default::default(),
+            next_client: Default::default(),
         })
     }
 }
@@ -93,6 +102,7 @@ pub async fn serve(listener: UnixListener, fe: Arc<Frontend>, grace: Duration) {
     .await;
     let _ = sweeper.await;
     close(fe.idle.drain_all()).await;
+    close(fe.pools.drain_all().into_iter().map(|s| s.conn).collect()).await;
 }
 
 /// How often parked connections are checked against `pool.idle_timeout` between rotations.
@@ -120,7 +130,18 @@ async fn sweep(fe: Arc<Frontend>) {
             Some((generation.id, target.settings().pool.idle_timeout))
         });
         close(stale).await;
-        for (name, n) in fe.idle.counts() {
+        // A target with no generation has its idle connections closed, not its pool.
+        let stale = fe.pools.sweep(|name| {
+            let target = fe.targets.get(name)?;
+            let generation = target.current().map_or(0, |g| g.id);
+            Some((generation, target.settings().pool.idle_timeout))
+        });
+        close(stale.into_iter().map(|s| s.conn).collect()).await;
+        let mut counts: std::collections::HashMap<String, usize> = fe.idle.counts().into_iter().collect();
+        for (name, n) in fe.pools.counts() {
+            *counts.entry(name).or_default() += n;
+        }
+        for (name, n) in counts {
             fe.metrics.postgres_idle_servers(&name, n);
             if let Some(g) = fe.targets.get(&name).and_then(|t| t.current()) {
                 g.sessions.set_kept(n);

@@ -16,29 +16,59 @@ use super::idle;
 use super::wire::{self, Startup, StartupError};
 use super::Frontend;
 use crate::config::access::Peer;
+use crate::config::PoolMode;
 use crate::listen::{ReadInterestStream, UnixConn};
 use crate::pool::raw::{self as server, ServerError};
 use crate::targets::generation::SessionGuard;
 use crate::targets::TargetHandle;
 
-/// What ended a session before it began, as the client is told: SQLSTATE and message.
-struct Refusal {
-    code: &'static str,
-    message: String,
+/// What ended a session before it began, as the client is told: SQLSTATE and message, or the
+/// server's own error to pass on as it is.
+pub(super) struct Refusal {
+    pub code: String,
+    pub message: String,
     /// For the metric: `refused`, `no_generation`, `exhausted`, `server`, ...
-    reason: &'static str,
+    pub reason: &'static str,
+    pub frame: Option<bytes::Bytes>,
 }
 
-fn refusal(code: &'static str, reason: &'static str, message: impl Into<String>) -> Refusal {
+pub(super) fn refusal(
+    code: &'static str,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> Refusal {
     Refusal {
-        code,
+        code: code.to_string(),
         message: message.into(),
         reason,
+        frame: None,
+    }
+}
+
+impl Refusal {
+    /// The server refused a value of the client's (its SQLSTATE and message).
+    pub(super) fn server(code: String, message: String) -> Refusal {
+        Refusal {
+            code,
+            message,
+            reason: "server_refused",
+            frame: None,
+        }
+    }
+
+    /// The server's own error frame, passed on as it is.
+    pub(super) fn frame(frame: bytes::Bytes) -> Refusal {
+        Refusal {
+            code: String::new(),
+            message: String::new(),
+            reason: "server_refused",
+            frame: Some(frame),
+        }
     }
 }
 
 /// Sends a FATAL error and closes.
-async fn fatal(stream: &mut ReadInterestStream, code: &str, message: &str) {
+pub(super) async fn fatal(stream: &mut ReadInterestStream, code: &str, message: &str) {
     let mut buf = BytesMut::new();
     wire::fatal_response(&mut buf, code, message);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
@@ -104,7 +134,13 @@ pub async fn serve(conn: UnixConn, fe: Arc<Frontend>) {
         Err(r) => {
             fe.metrics
                 .postgres_ended(&database_label(&fe, &database), r.reason);
-            fatal(&mut stream, r.code, &r.message).await;
+            match &r.frame {
+                Some(frame) => {
+                    let _ = stream.write_all(frame).await;
+                    let _ = stream.shutdown().await;
+                }
+                None => fatal(&mut stream, &r.code, &r.message).await,
+            }
         }
     }
 }
@@ -173,6 +209,9 @@ async fn begin(
     let target = authorize(fe, peer, database)?;
     let name = target.name().to_string();
     let settings = target.settings();
+    if settings.pool_mode.unwrap_or(fe.settings.pool_mode) == PoolMode::Transaction {
+        return super::transaction::serve(stream, fe, target, peer, minor, params).await;
+    }
 
     // A place among the target's sessions, in arrival order.
     let waited = Instant::now();
@@ -259,7 +298,9 @@ async fn begin(
         Err(Ok(r)) => return Err(r),
     };
 
-    let key = fe.cancels.register(target.clone(), server.key.clone());
+    let key = fe
+        .cancels
+        .register(target.clone(), Some(Arc::new(server.key.clone())));
     let mut hello = BytesMut::with_capacity(1024);
     if minor > 0 || !options.is_empty() {
         let unknown: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
@@ -361,7 +402,7 @@ const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Joins the target's current generation (re-checked after joining, so a generation swapped
 /// out meanwhile, whose drain may not see the new session, is never used).
-fn join_current(target: &TargetHandle) -> Result<SessionGuard, Refusal> {
+pub(super) fn join_current(target: &TargetHandle) -> Result<SessionGuard, Refusal> {
     loop {
         let Some(generation) = target.current() else {
             let reason = target
@@ -418,7 +459,7 @@ fn authorize(
 }
 
 /// A failed server connection: the server's own refusal (`Err`, to forward), or ours (`Ok`).
-fn server_refusal(target: &TargetHandle, e: ServerError) -> Result<Refusal, bytes::Bytes> {
+pub(super) fn server_refusal(target: &TargetHandle, e: ServerError) -> Result<Refusal, bytes::Bytes> {
     if e.is_auth() {
         target.report_auth_failure();
         return Ok(refusal(

@@ -168,6 +168,42 @@ pub fn fatal_response(buf: &mut BytesMut, code: &str, text: &str) {
     });
 }
 
+/// An `ERROR` `ErrorResponse` made by credswap for one request (the session goes on).
+pub fn error_response(buf: &mut BytesMut, code: &str, text: &str) {
+    message(buf, b'E', |b| {
+        b.put_u8(b'S');
+        cstr(b, "ERROR");
+        b.put_u8(b'V');
+        cstr(b, "ERROR");
+        b.put_u8(b'C');
+        cstr(b, code);
+        b.put_u8(b'M');
+        cstr(b, text);
+        b.put_u8(0);
+    });
+}
+
+/// The length of the whole message at the start of `buf` (header included), once all of it
+/// is there; `max` caps it.
+pub fn whole_message(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = i32::from_be_bytes(header[1..5].try_into().expect("four bytes"));
+    if len < 4 {
+        return Err(FrameError::BadLength(len));
+    }
+    let total = len as usize + 1;
+    if total > max {
+        return Err(FrameError::TooLarge {
+            tag: header[0] as char,
+            len: total,
+            max,
+        });
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
 /// Why forwarded bytes are not a valid message stream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {

@@ -1,0 +1,554 @@
+//! What a transaction-mode client sends and what it gets back, message by message. Requests
+//! are rewritten where credswap keeps state for the client (named statements to their server
+//! names, a statement missing on this connection prepared first); every request that the
+//! server answers is queued with what to do with its answer (forward it, swallow it, or answer
+//! in its place), so that answers credswap makes itself reach the client in protocol order, and
+//! an error skips what PostgreSQL skips after it (everything up to the next `Sync`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::params::{is_tracked, Values};
+use super::scan::{Pin, Scan};
+use super::servers::Server;
+use super::statements::{close_message, Statement, Statements};
+use crate::postgres::wire;
+
+/// Named statements one client may have at once.
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
+/// An answer the server owes, in request order.
+#[derive(Debug)]
+enum Expect {
+    /// `ParseComplete`; `swallow` for a `Parse` credswap added. `statement`: which statement
+    /// (none: the unnamed one); `client`: the client's name for it.
+    Parse {
+        swallow: bool,
+        statement: Option<u64>,
+        client: Option<Vec<u8>>,
+    },
+    Bind,
+    /// Ends with `RowDescription` or `NoData`.
+    Describe,
+    /// Ends with `CommandComplete`, `EmptyQueryResponse` or `PortalSuspended`.
+    Execute,
+    Close {
+        swallow: bool,
+    },
+    /// `ReadyForQuery`.
+    Sync,
+    /// A simple `Query` or `FunctionCall`: everything up to `ReadyForQuery`.
+    Simple,
+    /// credswap answers in the server's place: `ParseComplete` for a statement this connection
+    /// has already, naming `client`.
+    Parsed { client: Vec<u8> },
+    /// Any other answer of credswap's (`CloseComplete`, an error).
+    Answer(Bytes),
+}
+
+/// A request credswap cannot pass on; the client is told with an `ErrorResponse`.
+pub struct Refused {
+    code: &'static str,
+    message: String,
+}
+
+/// A client's state that outlives its transactions.
+pub struct Client {
+    pub id: u64,
+    statements: HashMap<Vec<u8>, Arc<Statement>>,
+    statement_bytes: usize,
+    max_statement_bytes: usize,
+    max_prepared: usize,
+    /// The last unnamed `Parse`, to prepare again on another connection, and how many the
+    /// client has sent.
+    unnamed: Option<Bytes>,
+    unnamed_seq: u64,
+    /// The reported parameters as the client has seen them.
+    pub values: Values,
+    pub pinned: Option<Pin>,
+    /// Extended-protocol messages sent since the last `Sync`.
+    unsynced: bool,
+    /// After an error credswap made: requests dropped up to the next `Sync`.
+    skipping: bool,
+    /// This checkout ran a session-level `SET` of an untracked parameter.
+    pub needs_reset: bool,
+    /// This checkout left the connection's statements unknown.
+    pub poisoned: bool,
+    expect: VecDeque<Expect>,
+    /// The status of the last `ReadyForQuery` the client got.
+    pub status: u8,
+}
+
+impl Client {
+    pub fn new(id: u64, values: Values, max_prepared: usize, max_statement_bytes: usize) -> Client {
+        Client {
+            id,
+            statements: HashMap::new(),
+            statement_bytes: 0,
+            max_statement_bytes,
+            max_prepared,
+            unnamed: None,
+            unnamed_seq: 0,
+            values,
+            pinned: None,
+            unsynced: false,
+            skipping: false,
+            needs_reset: false,
+            poisoned: false,
+            expect: VecDeque::new(),
+            status: b'I',
+        }
+    }
+
+    /// Whether the server connection may go back: idle, every answer in, nothing half-done.
+    pub fn at_idle(&self) -> bool {
+        self.status == b'I' && self.expect.is_empty() && !self.unsynced && self.pinned.is_none()
+    }
+
+    /// Answers owed by the server or by credswap.
+    pub fn owed(&self) -> bool {
+        !self.expect.is_empty()
+    }
+
+    /// Passes on one whole client message `m` (header included) to `out`; what pins the client
+    /// is returned the first time it happens.
+    pub fn request(
+        &mut self,
+        m: &[u8],
+        server: &mut Server,
+        statements: &Statements,
+        out: &mut BytesMut,
+    ) -> Option<Pin> {
+        let tag = m[0];
+        let body = &m[5..];
+        if self.skipping && tag != b'S' {
+            return None;
+        }
+        let before = self.pinned;
+        let result = match tag {
+            b'Q' => {
+                self.apply(super::scan::scan(cstr(body).0));
+                server.unnamed = None;
+                self.unnamed = None;
+                out.put_slice(m);
+                self.expect.push_back(Expect::Simple);
+                Ok(())
+            }
+            b'F' => {
+                out.put_slice(m);
+                self.expect.push_back(Expect::Simple);
+                Ok(())
+            }
+            b'P' => self.parse(m, server, statements, out),
+            b'B' => self.bind(m, server, out),
+            b'D' => self.describe(m, server, out),
+            b'C' => self.close(m, server, out),
+            b'E' => {
+                self.unsynced = true;
+                out.put_slice(m);
+                self.expect.push_back(Expect::Execute);
+                Ok(())
+            }
+            b'S' => {
+                self.unsynced = false;
+                self.skipping = false;
+                out.put_slice(m);
+                self.expect.push_back(Expect::Sync);
+                Ok(())
+            }
+            b'H' => {
+                out.put_slice(m);
+                Ok(())
+            }
+            _ => {
+                out.put_slice(m);
+                Ok(())
+            }
+        };
+        if let Err(r) = result {
+            self.refuse(r);
+        }
+        if before.is_none() {
+            self.pinned
+        } else {
+            None
+        }
+    }
+
+    fn apply(&mut self, scan: Scan) {
+        if self.pinned.is_none() {
+            self.pinned = scan.pin;
+        }
+        self.needs_reset |= scan.needs_reset;
+        self.poisoned |= scan.poisons;
+        if scan.drops_statements {
+            // The server's statements are gone: they are prepared again as needed.
+            self.poisoned = true;
+        }
+    }
+
+    fn refuse(&mut self, r: Refused) {
+        let mut buf = BytesMut::new();
+        wire::error_response(&mut buf, r.code, &r.message);
+        self.expect.push_back(Expect::Answer(buf.freeze()));
+        self.skipping = true;
+    }
+
+    fn parse(
+        &mut self,
+        m: &[u8],
+        server: &mut Server,
+        statements: &Statements,
+        out: &mut BytesMut,
+    ) -> Result<(), Refused> {
+        self.unsynced = true;
+        let (name, rest) = cstr(&m[5..]);
+        if name.is_empty() {
+            self.apply(super::scan::scan(cstr(rest).0));
+            self.unnamed = Some(Bytes::copy_from_slice(m));
+            self.unnamed_seq += 1;
+            server.unnamed = Some((self.id, self.unnamed_seq));
+            out.put_slice(m);
+            self.expect.push_back(Expect::Parse {
+                swallow: false,
+                statement: None,
+                client: None,
+            });
+            return Ok(());
+        }
+        if self.statements.contains_key(name) {
+            return Err(Refused {
+                code: "42P05",
+                message: format!(
+                    "prepared statement \"{}\" already exists",
+                    String::from_utf8_lossy(name)
+                ),
+            });
+        }
+        if self.statements.len() >= MAX_CLIENT_STATEMENTS
+            || self.statement_bytes + rest.len() > self.max_statement_bytes
+        {
+            return Err(Refused {
+                code: "53400",
+                message: format!(
+                    "credswap: a client may have at most {MAX_CLIENT_STATEMENTS} named prepared statements of {} bytes in all in transaction mode; close some (Close, or DEALLOCATE in the driver)",
+                    self.max_statement_bytes
+                ),
+            });
+        }
+        let statement = statements.get(rest);
+        self.apply(statement.scan);
+        self.statement_bytes += rest.len();
+        self.statements.insert(name.to_vec(), statement.clone());
+        if server.prepared.touch(statement.id) {
+            self.expect.push_back(Expect::Parsed {
+                client: name.to_vec(),
+            });
+        } else {
+            self.prepare(server, &statement, false, Some(name.to_vec()), out);
+        }
+        Ok(())
+    }
+
+    /// Prepares `statement` on `server`, closing its least recently used one if it is full.
+    fn prepare(
+        &mut self,
+        server: &mut Server,
+        statement: &Statement,
+        swallow: bool,
+        client: Option<Vec<u8>>,
+        out: &mut BytesMut,
+    ) {
+        if let Some(old) = server.prepared.insert(statement.id, self.max_prepared) {
+            close_message(out, old);
+            self.expect.push_back(Expect::Close { swallow: true });
+        }
+        out.put_slice(&statement.parse);
+        self.expect.push_back(Expect::Parse {
+            swallow,
+            statement: Some(statement.id),
+            client,
+        });
+    }
+
+    /// The statement `name` as this server knows it, prepared there first if it is missing.
+    fn ensure(
+        &mut self,
+        name: &[u8],
+        server: &mut Server,
+        out: &mut BytesMut,
+    ) -> Result<Option<Arc<Statement>>, Refused> {
+        if name.is_empty() {
+            let current = Some((self.id, self.unnamed_seq));
+            if server.unnamed != current {
+                match &self.unnamed {
+                    Some(parse) => {
+                        out.put_slice(parse);
+                        self.expect.push_back(Expect::Parse {
+                            swallow: true,
+                            statement: None,
+                            client: None,
+                        });
+                        server.unnamed = current;
+                    }
+                    None if server.unnamed.is_some() => {
+                        return Err(Refused {
+                            code: "26000",
+                            message: "unnamed prepared statement does not exist".into(),
+                        })
+                    }
+                    None => {}
+                }
+            }
+            return Ok(None);
+        }
+        let Some(statement) = self.statements.get(name).cloned() else {
+            return Err(Refused {
+                code: "26000",
+                message: format!(
+                    "prepared statement \"{}\" does not exist",
+                    String::from_utf8_lossy(name)
+                ),
+            });
+        };
+        if !server.prepared.touch(statement.id) {
+            self.prepare(server, &statement, true, None, out);
+        }
+        Ok(Some(statement))
+    }
+
+    fn bind(&mut self, m: &[u8], server: &mut Server, out: &mut BytesMut) -> Result<(), Refused> {
+        self.unsynced = true;
+        let (portal, rest) = cstr(&m[5..]);
+        let (name, rest) = cstr(rest);
+        match self.ensure(name, server, out)? {
+            None => out.put_slice(m),
+            Some(statement) => {
+                let server_name = statement.name();
+                message(out, b'B', |b| {
+                    b.put_slice(portal);
+                    b.put_u8(0);
+                    b.put_slice(server_name.as_bytes());
+                    b.put_u8(0);
+                    b.put_slice(rest);
+                });
+            }
+        }
+        self.expect.push_back(Expect::Bind);
+        Ok(())
+    }
+
+    fn describe(
+        &mut self,
+        m: &[u8],
+        server: &mut Server,
+        out: &mut BytesMut,
+    ) -> Result<(), Refused> {
+        self.unsynced = true;
+        let kind = m.get(5).copied().unwrap_or(0);
+        let (name, _) = cstr(m.get(6..).unwrap_or_default());
+        if kind == b'S' {
+            match self.ensure(name, server, out)? {
+                None => out.put_slice(m),
+                Some(statement) => {
+                    let server_name = statement.name();
+                    message(out, b'D', |b| {
+                        b.put_u8(b'S');
+                        b.put_slice(server_name.as_bytes());
+                        b.put_u8(0);
+                    });
+                }
+            }
+        } else {
+            out.put_slice(m);
+        }
+        self.expect.push_back(Expect::Describe);
+        Ok(())
+    }
+
+    fn close(&mut self, m: &[u8], server: &mut Server, out: &mut BytesMut) -> Result<(), Refused> {
+        self.unsynced = true;
+        let kind = m.get(5).copied().unwrap_or(0);
+        let (name, _) = cstr(m.get(6..).unwrap_or_default());
+        if kind == b'S' && !name.is_empty() {
+            // Shared statements stay on the servers; the client's name is forgotten.
+            if let Some(s) = self.statements.remove(name) {
+                self.statement_bytes -= s.parse.len().min(self.statement_bytes);
+            }
+            self.expect
+                .push_back(Expect::Answer(Bytes::from_static(&[b'3', 0, 0, 0, 4])));
+            return Ok(());
+        }
+        if kind == b'S' {
+            self.unnamed = None;
+            server.unnamed = None;
+        }
+        out.put_slice(m);
+        self.expect.push_back(Expect::Close { swallow: false });
+        Ok(())
+    }
+
+    /// Handles one server message `m` (whole, or only its header when `m` is 5 bytes of a
+    /// longer message being streamed); says whether it goes to the client.
+    pub fn response(&mut self, tag: u8, m: &[u8], server: &mut Server) -> bool {
+        match tag {
+            b'1' => match self.expect.pop_front() {
+                Some(Expect::Parse { swallow, .. }) => !swallow,
+                other => self.unexpected(other),
+            },
+            b'3' => match self.expect.pop_front() {
+                Some(Expect::Close { swallow }) => !swallow,
+                other => self.unexpected(other),
+            },
+            b'2' => {
+                if matches!(self.expect.front(), Some(Expect::Bind)) {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            b'T' | b'n' => {
+                if matches!(self.expect.front(), Some(Expect::Describe)) {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            b'C' | b'I' | b's' => {
+                if matches!(self.expect.front(), Some(Expect::Execute)) {
+                    self.expect.pop_front();
+                }
+                true
+            }
+            b'E' => {
+                match self.expect.front() {
+                    None | Some(Expect::Simple) | Some(Expect::Sync) => {}
+                    Some(_) => {
+                        // The failed request, and everything up to the next Sync, which the
+                        // server skips.
+                        while let Some(e) = self.expect.front() {
+                            if matches!(e, Expect::Sync | Expect::Simple) {
+                                break;
+                            }
+                            let e = self.expect.pop_front().expect("just seen");
+                            self.undo(e, server);
+                        }
+                    }
+                }
+                true
+            }
+            b'Z' => {
+                while let Some(e) = self.expect.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Simple) {
+                        break;
+                    }
+                    self.undo(e, server);
+                }
+                if let Some(status) = m.get(5) {
+                    self.status = *status;
+                }
+                true
+            }
+            b'S' => {
+                if m.len() > 5 {
+                    server.values.update(&m[5..]);
+                    let name = m[5..].split(|b| *b == 0).next().unwrap_or_default();
+                    if is_tracked(name) {
+                        self.values.update(&m[5..]);
+                    }
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// An answer with no request waiting for it: passed on (the client's own driver judges).
+    fn unexpected(&mut self, e: Option<Expect>) -> bool {
+        if let Some(e) = e {
+            self.expect.push_front(e);
+        }
+        true
+    }
+
+    /// A request that got no success answer: what credswap recorded for it is taken back.
+    fn undo(&mut self, e: Expect, server: &mut Server) {
+        match e {
+            Expect::Parse {
+                statement: Some(id),
+                client,
+                ..
+            } => {
+                server.prepared.remove(id);
+                if let Some(name) = client {
+                    self.forget(&name, id);
+                }
+            }
+            Expect::Parse {
+                statement: None,
+                swallow,
+                ..
+            } => {
+                server.unnamed = None;
+                if !swallow {
+                    self.unnamed = None;
+                }
+            }
+            Expect::Parsed { client } => {
+                if let Some(id) = self.statements.get(&client).map(|s| s.id) {
+                    self.forget(&client, id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forget(&mut self, name: &[u8], id: u64) {
+        if self.statements.get(name).is_some_and(|s| s.id == id) {
+            if let Some(s) = self.statements.remove(name) {
+                self.statement_bytes -= s.parse.len().min(self.statement_bytes);
+            }
+        }
+    }
+
+    /// credswap's own answers now due (those at the head of the queue) go to `to_client`.
+    pub fn answers_due(&mut self, to_client: &mut BytesMut) {
+        loop {
+            match self.expect.front() {
+                Some(Expect::Parsed { .. }) => {
+                    self.expect.pop_front();
+                    to_client.put_slice(&[b'1', 0, 0, 0, 4]);
+                }
+                Some(Expect::Answer(_)) => {
+                    if let Some(Expect::Answer(bytes)) = self.expect.pop_front() {
+                        to_client.put_slice(&bytes);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The connection is handed back: what this checkout marked is cleared.
+    pub fn returned(&mut self) {
+        self.needs_reset = false;
+        self.poisoned = false;
+    }
+}
+
+/// A NUL-terminated field and what follows it (all of it when there is no NUL).
+fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|c| *c == 0) {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (b, &[]),
+    }
+}
+
+fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_u32(0);
+    body(buf);
+    let len = (buf.len() - at) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}

@@ -1,0 +1,584 @@
+//! Transaction mode: a client gets a server connection of the current generation at the first
+//! message of each transaction and gives it back at `ReadyForQuery` "idle", so long-lived
+//! clients never pin old credentials and many clients share few server connections. What a
+//! client's session must look like on the next connection travels with it: its reported
+//! parameters ([`params`]) and its protocol-level prepared statements ([`statements`],
+//! rewritten message by message in [`exchange`]). What cannot travel ([`scan`]) pins the client
+//! to its connection for the rest of its session, under session-mode rules. Connections are
+//! lent by [`servers`].
+
+pub mod exchange;
+pub mod params;
+pub mod scan;
+pub mod servers;
+pub mod statements;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use self::exchange::Client;
+use self::params::{tracked_name, Values};
+use self::servers::{Grant, Params, Server};
+use super::session::{fatal, join_current, refusal, server_refusal, Refusal};
+use super::wire;
+use super::Frontend;
+use crate::config::access::Peer;
+use crate::listen::ReadInterestStream;
+use crate::metrics::SessionMetrics;
+use crate::pool::raw::{self, QuietError};
+use crate::targets::generation::SessionGuard;
+use crate::targets::TargetHandle;
+
+/// Bytes read at a time in each direction.
+const CHUNK: usize = 16 * 1024;
+/// A server message longer than this is passed on as it arrives instead of whole.
+const STREAM_AT: usize = 64 * 1024;
+/// How long credswap's own statements (`SET`, `RESET ALL`) may take.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A server connection lent to the client for one transaction (or, pinned, for good).
+struct Held {
+    server: Box<Server>,
+    guard: SessionGuard,
+    ending: watch::Receiver<bool>,
+    cancelled: bool,
+}
+
+/// One transaction-mode client, after its target and peer were checked.
+struct Session<'a> {
+    fe: &'a Arc<Frontend>,
+    target: Arc<TargetHandle>,
+    name: String,
+    params: Params,
+    client: Client,
+    metrics: SessionMetrics,
+}
+
+/// What woke a session holding a connection.
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    /// The drain deadline of the connection's generation passed.
+    Deadline,
+    Wake,
+}
+
+/// How the client's session ended.
+enum End {
+    /// The client left (or broke the protocol, and was told).
+    Left,
+    /// credswap ends it at an idle point (shutdown, or a pinned client's drain deadline).
+    Ended(&'static str),
+}
+
+/// Serves a transaction-mode client from its startup parameters to its end.
+pub(super) async fn serve(
+    stream: &mut ReadInterestStream,
+    fe: &Arc<Frontend>,
+    target: Arc<TargetHandle>,
+    peer: Option<&Peer>,
+    minor: u16,
+    params: &[(String, String)],
+) -> Result<(), Refusal> {
+    let name = target.name().to_string();
+    // Tracked parameters are set on whichever connection the client lands on; the others are
+    // login parameters: connections are opened with them and lent only to clients with the same.
+    let mut wanted = Values::default();
+    let mut login: Params = Vec::new();
+    let mut options = Vec::new();
+    for (k, v) in params {
+        if k.starts_with("_pq_.") {
+            options.push(k.as_str());
+        } else if let Some(tracked) = tracked_name(k.as_bytes()) {
+            wanted.set(tracked, v);
+        } else if !matches!(k.as_str(), "user" | "database" | "replication") {
+            login.push((k.clone(), v.clone()));
+        }
+    }
+    login.sort();
+    let settings = &fe.settings;
+    let mut session = Session {
+        fe,
+        name: name.clone(),
+        params: login,
+        client: Client::new(
+            fe.next_client.fetch_add(1, Ordering::Relaxed),
+            Values::default(),
+            settings.max_prepared_statements,
+            settings.max_message_bytes,
+        ),
+        metrics: fe.metrics.postgres_session(&name),
+        target,
+    };
+
+    // The greeting: a connection's reported parameters, brought to the client's values (a value
+    // the server refuses ends the session with the server's own error).
+    let greeted = session.greet(wanted).await;
+    let values = match greeted {
+        Ok(v) => v,
+        Err(r) => {
+            session.metrics.ended();
+            return Err(r);
+        }
+    };
+    session.client.values = values;
+    let key = fe.cancels.register(session.target.clone(), None);
+    let mut hello = BytesMut::with_capacity(1024);
+    if minor > 0 || !options.is_empty() {
+        wire::negotiate_protocol_version(&mut hello, &options);
+    }
+    wire::authentication_ok(&mut hello);
+    session.client.values.write_status(&mut hello);
+    wire::backend_key_data(&mut hello, key.pid, key.secret);
+    wire::ready_for_query(&mut hello, b'I');
+    if stream.write_all(&hello).await.is_err() {
+        session.metrics.ended();
+        return Ok(());
+    }
+    tracing::debug!(target_name = %name, uid = peer.map(|p| p.uid), "postgres transaction-mode session started");
+    let end = session.run(stream, &key).await;
+    session.metrics.ended();
+    let reason = match end {
+        End::Left => "client_closed",
+        End::Ended(why) => {
+            let text = if fe.shutdown.is_fired() {
+                "terminating connection: credswap is shutting down; reconnect when it is back"
+                    .to_string()
+            } else {
+                format!("terminating connection: this session was pinned to a server connection ({why}) whose credentials of target \"{name}\" were rotated, and its time on them is up (drain_timeout); reconnect")
+            };
+            fatal(stream, "57P01", &text).await;
+            "ended_at_idle"
+        }
+    };
+    fe.metrics.postgres_ended(&name, reason);
+    Ok(())
+}
+
+impl Session<'_> {
+    /// Checks out a connection for the greeting, brings it to the client's startup values and
+    /// returns what the client is to see; the connection goes back.
+    async fn greet(&mut self, wanted: Values) -> Result<Values, Refusal> {
+        let mut held = self.checkout().await?;
+        let mut values = held.server.values.clone();
+        for (name, value) in tracked(&wanted) {
+            values.set(name, value);
+        }
+        if let Some(sql) = values.sync_from(&held.server.values) {
+            match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
+                Ok(status) => {
+                    for (n, v) in status {
+                        held.server.values.set(&n, &v);
+                    }
+                }
+                Err(QuietError::Server { code, message }) => {
+                    self.give_back(held, false).await;
+                    return Err(Refusal::server(code, message));
+                }
+                Err(QuietError::Broken) => {
+                    self.give_back(held, false).await;
+                    return Err(refusal(
+                        "08006",
+                        "server_unreachable",
+                        "credswap: the server connection broke while the session's parameters were set",
+                    ));
+                }
+            }
+        }
+        let values = held.server.values.clone();
+        self.give_back(held, true).await;
+        Ok(values)
+    }
+
+    /// A connection of the current generation for the next transaction, brought to the client's
+    /// parameter values.
+    async fn checkout(&mut self) -> Result<Held, Refusal> {
+        let settings = self.target.settings();
+        let waited = Instant::now();
+        let deadline = waited + settings.pool.checkout_timeout;
+        let max_size = settings.pool.max_size as usize;
+        loop {
+            let guard = join_current(&self.target)?;
+            let generation = guard.generation().clone();
+            let pool = self.fe.pools.target(&self.name);
+            let mut close = Vec::new();
+            let grant = {
+                let _waiting = self.fe.metrics.postgres_waiting(&self.name);
+                pool.checkout(generation.id, &self.params, max_size, deadline, &mut close)
+                    .await
+            };
+            super::close(close.into_iter().map(|s| s.conn).collect()).await;
+            let server = match grant {
+                Err(_) => {
+                    return Err(refusal(
+                        "53300",
+                        "exhausted",
+                        format!(
+                            "credswap: all {max_size} server connections of target \"{}\" are in use (pool.max_size); none came free within {:?}",
+                            self.name, settings.pool.checkout_timeout
+                        ),
+                    ))
+                }
+                Ok(Grant::Server(server)) => server,
+                Ok(Grant::Open(slot)) => {
+                    match raw::connect(generation.pool.plan(), &self.params).await {
+                        Ok(conn) => Box::new(Server::new(conn, generation.id, self.params.clone(), slot)),
+                        Err(e)
+                            if e.is_auth()
+                                && Instant::now() < deadline
+                                && self.target.current().is_some_and(|now| now.id != generation.id) =>
+                        {
+                            continue
+                        }
+                        Err(e) => {
+                            return Err(match server_refusal(&self.target, e) {
+                                Ok(r) => r,
+                                Err(frame) => Refusal::frame(frame),
+                            })
+                        }
+                    }
+                }
+            };
+            self.fe.metrics.postgres_wait(&self.name, waited.elapsed());
+            let ending = generation.sessions.ending();
+            let mut held = Held {
+                server,
+                guard,
+                ending,
+                cancelled: false,
+            };
+            if let Some(sql) = self.client.values.sync_from(&held.server.values) {
+                match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
+                    Ok(status) => {
+                        for (n, v) in status {
+                            held.server.values.set(&n, &v);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_name = %self.name, error = %e, "a server connection could not take a client's parameters; it is closed");
+                        self.give_back(held, false).await;
+                        continue;
+                    }
+                }
+            }
+            return Ok(held);
+        }
+    }
+
+    /// Hands a connection back after a transaction (reset first when the client set an untracked
+    /// parameter); `keep` false closes it.
+    async fn give_back(&mut self, mut held: Held, mut keep: bool) {
+        keep &= !self.client.poisoned;
+        if keep && self.client.needs_reset {
+            match raw::run_quietly(&mut held.server.conn, "RESET ALL", QUIET_TIMEOUT).await {
+                Ok(status) => {
+                    for (n, v) in status {
+                        held.server.values.set(&n, &v);
+                    }
+                }
+                Err(_) => keep = false,
+            }
+        }
+        self.client.returned();
+        let pool = self.fe.pools.target(&self.name);
+        let Held { server, guard, .. } = held;
+        if let Some(mut closing) = pool.give_back(server, keep) {
+            raw::terminate(&mut closing.conn.stream).await;
+        }
+        drop(guard);
+    }
+
+    /// Forwards until the client leaves or its session is ended.
+    async fn run(
+        &mut self,
+        stream: &mut ReadInterestStream,
+        key: &super::cancel::Registered<'_>,
+    ) -> End {
+        let max = self.fe.settings.max_message_bytes;
+        let mut chunk = vec![0u8; CHUNK];
+        let mut schunk = vec![0u8; CHUNK];
+        let mut cbuf = BytesMut::with_capacity(CHUNK);
+        let mut sbuf = BytesMut::new();
+        let mut out = BytesMut::with_capacity(CHUNK);
+        let mut back = BytesMut::with_capacity(CHUNK);
+        let mut held: Option<Held> = None;
+        let mut streaming = 0usize;
+        // A checkout refused: requests are dropped up to the next Sync or Query, which get
+        // this error and ReadyForQuery.
+        let mut refused: Option<BytesMut> = None;
+        let mut shutdown = self.fe.shutdown.clone();
+        let to_server = self.metrics.to_server.clone();
+        let to_client = self.metrics.to_client.clone();
+        loop {
+            if held.is_none() {
+                if self.fe.shutdown.is_fired() {
+                    return End::Ended("shutdown");
+                }
+                let whole = match wire::whole_message(&cbuf, max) {
+                    Ok(w) => w,
+                    Err(e) => return self.violation(stream, e).await,
+                };
+                let Some(first) = whole else {
+                    tokio::select! {
+                        r = stream.read(&mut chunk) => match r {
+                            Ok(0) | Err(_) => return End::Left,
+                            Ok(n) => {
+                                to_server.inc_by(n as u64);
+                                cbuf.extend_from_slice(&chunk[..n]);
+                            }
+                        },
+                        _ = shutdown.wait() => {}
+                    }
+                    continue;
+                };
+                if cbuf[0] == b'X' {
+                    return End::Left;
+                }
+                if let Some(error) = &refused {
+                    let tag = cbuf[0];
+                    cbuf.advance(first);
+                    if matches!(tag, b'S' | b'Q' | b'F') {
+                        let mut answer = error.clone();
+                        wire::ready_for_query(&mut answer, b'I');
+                        refused = None;
+                        if stream.write_all(&answer).await.is_err() {
+                            return End::Left;
+                        }
+                    }
+                    continue;
+                }
+                match self.checkout().await {
+                    Ok(h) => {
+                        self.fe.cancels.point(key, Some(h.server.conn_key()));
+                        held = Some(h);
+                    }
+                    Err(r) => {
+                        let mut error = BytesMut::new();
+                        wire::error_response(&mut error, &r.code, &r.message);
+                        refused = Some(error);
+                        continue;
+                    }
+                }
+            }
+            let h = held.as_mut().expect("a connection is held here");
+
+            // Every whole client message goes on.
+            let mut at = 0;
+            loop {
+                let len = match wire::whole_message(&cbuf[at..], max) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let h = held.take().expect("held");
+                        self.give_back(h, false).await;
+                        return self.violation(stream, e).await;
+                    }
+                };
+                let m = &cbuf[at..at + len];
+                if m[0] == b'X' {
+                    let h = held.take().expect("held");
+                    self.give_back(h, false).await;
+                    return End::Left;
+                }
+                if let Some(pin) = self.client.request(m, &mut h.server, &self.fe.statements, &mut out) {
+                    self.fe.metrics.postgres_pinned(&self.name, pin.label());
+                    tracing::info!(target_name = %self.name, client = self.client.id, reason = pin.label(), "postgres client pinned to its server connection for the rest of its session");
+                }
+                at += len;
+            }
+            cbuf.advance(at);
+            self.client.answers_due(&mut back);
+            if !out.is_empty() {
+                if h.server.conn.stream.write_all(&out).await.is_err() {
+                    out.clear();
+                    let h = held.take().expect("held");
+                    self.give_back(h, false).await;
+                    return self.server_gone(stream).await;
+                }
+                out.clear();
+            }
+            if !back.is_empty() {
+                if stream.write_all(&back).await.is_err() {
+                    let h = held.take().expect("held");
+                    self.give_back(h, false).await;
+                    return End::Left;
+                }
+                back.clear();
+            }
+
+            // A pinned client follows session-mode rules: it ends at an idle point once its
+            // generation's drain deadline has passed, or the daemon stops.
+            if self.client.pinned.is_some()
+                && self.client.status == b'I'
+                && !self.client.owed()
+                && streaming == 0
+                && (*h.ending.borrow() || self.fe.shutdown.is_fired())
+            {
+                let h = held.take().expect("held");
+                self.give_back(h, false).await;
+                return End::Ended(self.client.pinned.map_or("", |p| p.label()));
+            }
+
+            let event = tokio::select! {
+                r = stream.read(&mut chunk) => Event::Client(r),
+                r = h.server.conn.stream.read(&mut schunk) => Event::Server(r),
+                _ = h.ending.wait_for(|e| *e), if !h.cancelled && !*h.ending.borrow() => Event::Wake,
+                _ = async {}, if !h.cancelled && *h.ending.borrow() && self.client.pinned.is_none() => Event::Deadline,
+                _ = shutdown.wait(), if self.client.pinned.is_some() => Event::Wake,
+            };
+            match event {
+                Event::Client(Ok(0) | Err(_)) => {
+                    // Inside a transaction: closing the connection rolls it back.
+                    let h = held.take().expect("held");
+                    self.give_back(h, false).await;
+                    return End::Left;
+                }
+                Event::Client(Ok(n)) => {
+                    to_server.inc_by(n as u64);
+                    cbuf.extend_from_slice(&chunk[..n]);
+                }
+                Event::Server(Ok(0) | Err(_)) => {
+                    let h = held.take().expect("held");
+                    self.give_back(h, false).await;
+                    return self.server_gone(stream).await;
+                }
+                Event::Server(Ok(n)) => {
+                    to_client.inc_by(n as u64);
+                    let h = held.as_mut().expect("held");
+                    let walked = from_server(
+                        &mut self.client,
+                        &mut h.server,
+                        &schunk[..n],
+                        &mut sbuf,
+                        &mut streaming,
+                        &mut back,
+                        max,
+                    );
+                    if let Err(e) = walked {
+                        let h = held.take().expect("held");
+                        self.give_back(h, false).await;
+                        return self.violation(stream, e).await;
+                    }
+                    if !back.is_empty() {
+                        if stream.write_all(&back).await.is_err() {
+                            let h = held.take().expect("held");
+                            self.give_back(h, false).await;
+                            return End::Left;
+                        }
+                        back.clear();
+                    }
+                    if self.client.at_idle() && streaming == 0 && sbuf.is_empty() {
+                        let h = held.take().expect("held");
+                        self.fe.cancels.point(key, None);
+                        self.give_back(h, true).await;
+                    }
+                }
+                Event::Deadline => {
+                    // The drain deadline of this transaction's generation passed: its statement
+                    // is cancelled, as the HTTP API's are.
+                    let h = held.as_mut().expect("held");
+                    h.cancelled = true;
+                    if let Err(e) = raw::cancel(&h.server.conn.key).await {
+                        tracing::warn!(target_name = %self.name, error = %e, "could not cancel a statement at the drain deadline");
+                    }
+                }
+                Event::Wake => {}
+            }
+        }
+    }
+
+    /// The client broke the protocol: it is told, and the session ends.
+    async fn violation(&self, stream: &mut ReadInterestStream, e: wire::FrameError) -> End {
+        fatal(
+            stream,
+            "08P01",
+            &format!("credswap: protocol violation: {e}"),
+        )
+        .await;
+        self.fe.metrics.postgres_ended(&self.name, "protocol_violation");
+        End::Left
+    }
+
+    /// The server connection broke mid-transaction: the client is told and the session ends
+    /// (what it had open on that connection is gone).
+    async fn server_gone(&self, stream: &mut ReadInterestStream) -> End {
+        fatal(
+            stream,
+            "08006",
+            "credswap: the server connection of this transaction closed; its work was rolled back",
+        )
+        .await;
+        End::Left
+    }
+}
+
+/// The tracked values of `wanted`.
+fn tracked(wanted: &Values) -> Vec<(&'static str, &str)> {
+    params::TRACKED
+        .into_iter()
+        .filter_map(|n| wanted.get(n).map(|v| (n, v)))
+        .collect()
+}
+
+/// Handles bytes from the server: whole messages are judged and passed on (or swallowed), a
+/// long one is passed on as it arrives.
+fn from_server(
+    client: &mut Client,
+    server: &mut Server,
+    mut data: &[u8],
+    sbuf: &mut BytesMut,
+    streaming: &mut usize,
+    back: &mut BytesMut,
+    max: usize,
+) -> Result<(), wire::FrameError> {
+    if *streaming > 0 {
+        let n = (*streaming).min(data.len());
+        back.put_slice(&data[..n]);
+        *streaming -= n;
+        data = &data[n..];
+        if *streaming == 0 {
+            client.answers_due(back);
+        }
+    }
+    let from_buffer = !sbuf.is_empty();
+    if from_buffer {
+        sbuf.extend_from_slice(data);
+    }
+    let buf: &[u8] = if from_buffer { sbuf } else { data };
+    let mut at = 0;
+    while at < buf.len() {
+        let rest = &buf[at..];
+        match wire::whole_message(rest, max)? {
+            Some(total) => {
+                let m = &rest[..total];
+                if client.response(m[0], m, server) {
+                    back.put_slice(m);
+                }
+                client.answers_due(back);
+                at += total;
+            }
+            None if rest.len() >= 5 => {
+                let total = u32::from_be_bytes(rest[1..5].try_into().expect("four bytes")) as usize + 1;
+                if total > STREAM_AT {
+                    client.response(rest[0], &rest[..5], server);
+                    back.put_slice(rest);
+                    *streaming = total - rest.len();
+                    at = buf.len();
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    if from_buffer {
+        sbuf.advance(at);
+    } else {
+        sbuf.extend_from_slice(&data[at..]);
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Session parameters that follow a client from one server connection to the next: those
+//! PostgreSQL reports with `ParameterStatus` and a client may set. credswap learns a client's
+//! values from its startup packet and from every `ParameterStatus` its transactions produce, and
+//! brings each server connection the client lands on to the same values (`SET`) before the
+//! client's first message. Every other parameter a client sets with a session-level `SET` lasts
+//! until its transaction ends: the connection is reset before it serves anyone else.
+
+use bytes::{BufMut, BytesMut};
+
+/// Reported parameters a client may set, as PostgreSQL spells them (matched without case).
+pub const TRACKED: [&str; 7] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "default_transaction_read_only",
+];
+
+/// Whether `name` follows the client (a reported parameter it may set).
+pub fn is_tracked(name: &[u8]) -> bool {
+    tracked_name(name).is_some()
+}
+
+/// PostgreSQL's spelling of a tracked parameter.
+pub fn tracked_name(name: &[u8]) -> Option<&'static str> {
+    TRACKED
+        .iter()
+        .find(|t| t.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+}
+
+/// Values of reported parameters, as a server connection has them or a client should see them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Values(Vec<(String, String)>);
+
+impl Values {
+    /// From the `ParameterStatus` messages a server sent at login.
+    pub fn from_status(status: &[u8]) -> Values {
+        let mut values = Values::default();
+        let mut rest = status;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes(rest[1..5].try_into().expect("four bytes")) as usize;
+            let (frame, next) = rest.split_at((len + 1).min(rest.len()));
+            rest = next;
+            if frame[0] == b'S' {
+                values.update(&frame[5..]);
+            }
+        }
+        values
+    }
+
+    /// Applies one `ParameterStatus` body (name and value, each NUL-terminated).
+    pub fn update(&mut self, body: &[u8]) {
+        let mut fields = body.split(|b| *b == 0);
+        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            return;
+        };
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            return;
+        };
+        self.set(name, value);
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) if v == value => {}
+            Some((_, v)) => *v = value.to_string(),
+            None => self.0.push((name.to_string(), value.to_string())),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `ParameterStatus` messages for every value (the client's greeting).
+    pub fn write_status(&self, buf: &mut BytesMut) {
+        for (name, value) in &self.0 {
+            let len = 4 + name.len() + 1 + value.len() + 1;
+            buf.put_u8(b'S');
+            buf.put_u32(len as u32);
+            buf.put_slice(name.as_bytes());
+            buf.put_u8(0);
+            buf.put_slice(value.as_bytes());
+            buf.put_u8(0);
+        }
+    }
+
+    /// The `SET` statements that bring `server` to these values for the tracked parameters;
+    /// `None` when they agree already.
+    pub fn sync_from(&self, server: &Values) -> Option<String> {
+        let mut sql = String::new();
+        for name in TRACKED {
+            if let Some(want) = self.get(name) {
+                if server.get(name) != Some(want) {
+                    sql.push_str(&format!("SET {name} TO {};", literal(want)));
+                }
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// A string literal PostgreSQL reads the same whatever `standard_conforming_strings` says.
+fn literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_follow_status_and_sync_only_what_differs() {
+        let mut server = Values::default();
+        server.update(b"TimeZone\0UTC\0");
+        server.update(b"application_name\0\0");
+        server.update(b"server_version\x0015.1\0");
+        let mut buf = BytesMut::new();
+        server.write_status(&mut buf);
+        assert_eq!(Values::from_status(&buf), server, "round trip");
+
+        let mut client = server.clone();
+        assert_eq!(client.sync_from(&server), None);
+        client.set("application_name", "it's\\me");
+        client.set("server_version", "99");
+        assert_eq!(
+            client.sync_from(&server).as_deref(),
+            Some("SET application_name TO E'it''s\\\\me';"),
+            "only tracked parameters, quoted"
+        );
+        assert!(is_tracked(b"timezone") && !is_tracked(b"work_mem"));
+    }
+}

@@ -1,0 +1,326 @@
+//! What a statement's text does to the session beyond its transaction, found by a small SQL
+//! tokenizer (comments, string literals, dollar quotes and quoted identifiers skipped): what
+//! pins a client to its server connection, a session-level `SET` of a parameter credswap does
+//! not track (reset before the connection serves anyone else), and statements that drop the
+//! connection's prepared statements. Text inside function bodies run by the statement is out of
+//! sight; docs/postgres.md says so.
+
+use super::params::is_tracked;
+
+/// Why a client stays on its server connection for the rest of its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// SQL-level `PREPARE` (protocol-level statements are tracked instead).
+    Prepare,
+    Listen,
+    AdvisoryLock,
+    TemporaryTable,
+    WithHoldCursor,
+    SessionAuthorization,
+}
+
+impl Pin {
+    /// The label in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Pin::Prepare => "prepare",
+            Pin::Listen => "listen",
+            Pin::AdvisoryLock => "advisory_lock",
+            Pin::TemporaryTable => "temporary_table",
+            Pin::WithHoldCursor => "with_hold_cursor",
+            Pin::SessionAuthorization => "session_authorization",
+        }
+    }
+}
+
+/// What a statement text does beyond its transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub pin: Option<Pin>,
+    /// A session-level `SET` (or `set_config`) of a parameter that does not follow the client:
+    /// the connection is reset (`RESET ALL`) before it serves another client.
+    pub needs_reset: bool,
+    /// `DISCARD ALL` / `DEALLOCATE ALL`: the connection's prepared statements are gone.
+    pub drops_statements: bool,
+    /// `DEALLOCATE name`: one of them may be gone; the connection is closed when returned.
+    pub poisons: bool,
+}
+
+/// Scans a statement text (one or more statements).
+pub fn scan(sql: &[u8]) -> Scan {
+    let mut out = Scan::default();
+    let mut words: Vec<Word> = Vec::with_capacity(8);
+    let mut lexer = Lexer { sql, at: 0 };
+    loop {
+        let token = lexer.next();
+        match token {
+            Token::Word(w) => {
+                if eq(w, b"pg_advisory_lock")
+                    || eq(w, b"pg_advisory_lock_shared")
+                    || eq(w, b"pg_try_advisory_lock")
+                    || eq(w, b"pg_try_advisory_lock_shared")
+                {
+                    out.pin.get_or_insert(Pin::AdvisoryLock);
+                }
+                if eq(w, b"set_config") {
+                    out.needs_reset = true;
+                }
+                if let Some(prev) = words.last() {
+                    let temp = eq(w, b"temp") || eq(w, b"temporary");
+                    if temp && (prev.is(b"into") || prev.is(b"create") || prev.is(b"local") || prev.is(b"global")) {
+                        out.pin.get_or_insert(Pin::TemporaryTable);
+                    }
+                    if eq(w, b"hold") && prev.is(b"with") && words[0].is(b"declare") {
+                        out.pin.get_or_insert(Pin::WithHoldCursor);
+                    }
+                }
+                if words.len() < 8 {
+                    words.push(Word(w.to_vec()));
+                }
+                if words.len() == 3 {
+                    statement_start(&words, &mut out);
+                }
+            }
+            Token::Other => {
+                if words.len() < 8 {
+                    words.push(Word(Vec::new()));
+                }
+                if words.len() == 3 {
+                    statement_start(&words, &mut out);
+                }
+            }
+            Token::End | Token::Semicolon => {
+                if (1..3).contains(&words.len()) {
+                    statement_start(&words, &mut out);
+                }
+                words.clear();
+                if matches!(token, Token::End) {
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+/// Rules on a statement's first words (up to three).
+fn statement_start(w: &[Word], out: &mut Scan) {
+    let at = |i: usize| w.get(i).map_or(&[][..], |x| x.0.as_slice());
+    let first = at(0);
+    if eq(first, b"prepare") {
+        out.pin.get_or_insert(Pin::Prepare);
+    } else if eq(first, b"listen") {
+        out.pin.get_or_insert(Pin::Listen);
+    } else if eq(first, b"discard") && eq(at(1), b"all")
+        || eq(first, b"deallocate") && (eq(at(1), b"all") || eq(at(1), b"prepare") && eq(at(2), b"all"))
+    {
+        out.drops_statements = true;
+    } else if eq(first, b"deallocate") {
+        out.poisons = true;
+    } else if eq(first, b"set") {
+        let (second, name) = if eq(at(1), b"session") {
+            (at(2), at(2))
+        } else {
+            (at(1), at(1))
+        };
+        if eq(second, b"authorization") || eq(second, b"role") {
+            out.pin.get_or_insert(Pin::SessionAuthorization);
+        } else if eq(second, b"local") || eq(second, b"transaction") || eq(second, b"constraints") {
+            // Lasts the transaction only.
+        } else if eq(second, b"characteristics") || !is_tracked(name) {
+            out.needs_reset = true;
+        }
+    }
+}
+
+fn eq(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+struct Word(Vec<u8>);
+
+impl Word {
+    fn is(&self, w: &[u8]) -> bool {
+        eq(&self.0, w)
+    }
+}
+
+enum Token<'a> {
+    /// A keyword or unquoted identifier.
+    Word(&'a [u8]),
+    /// A literal, quoted identifier, number or operator.
+    Other,
+    Semicolon,
+    End,
+}
+
+struct Lexer<'a> {
+    sql: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn peek(&self, n: usize) -> u8 {
+        self.sql.get(self.at + n).copied().unwrap_or(0)
+    }
+
+    fn next(&mut self) -> Token<'a> {
+        loop {
+            let c = self.peek(0);
+            if self.at >= self.sql.len() {
+                return Token::End;
+            }
+            match c {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.at += 1,
+                b'-' if self.peek(1) == b'-' => {
+                    while self.at < self.sql.len() && self.peek(0) != b'\n' {
+                        self.at += 1;
+                    }
+                }
+                b'/' if self.peek(1) == b'*' => self.block_comment(),
+                b';' => {
+                    self.at += 1;
+                    return Token::Semicolon;
+                }
+                b'\'' => {
+                    let escapes = self.at > 0 && matches!(self.sql[self.at - 1], b'e' | b'E');
+                    self.quoted(b'\'', escapes);
+                    return Token::Other;
+                }
+                b'"' => {
+                    self.quoted(b'"', false);
+                    return Token::Other;
+                }
+                b'$' if self.dollar_quote() => return Token::Other,
+                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    let start = self.at;
+                    while {
+                        let c = self.peek(0);
+                        self.at < self.sql.len()
+                            && (c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80)
+                    } {
+                        self.at += 1;
+                    }
+                    // `E'...'`: the word is the literal's prefix.
+                    if self.peek(0) == b'\'' && self.at - start == 1 {
+                        continue;
+                    }
+                    return Token::Word(&self.sql[start..self.at]);
+                }
+                _ => {
+                    self.at += 1;
+                    return Token::Other;
+                }
+            }
+        }
+    }
+
+    fn block_comment(&mut self) {
+        let mut depth = 0usize;
+        while self.at < self.sql.len() {
+            if self.peek(0) == b'/' && self.peek(1) == b'*' {
+                depth += 1;
+                self.at += 2;
+            } else if self.peek(0) == b'*' && self.peek(1) == b'/' {
+                depth -= 1;
+                self.at += 2;
+                if depth == 0 {
+                    return;
+                }
+            } else {
+                self.at += 1;
+            }
+        }
+    }
+
+    fn quoted(&mut self, quote: u8, escapes: bool) {
+        self.at += 1;
+        while self.at < self.sql.len() {
+            let c = self.peek(0);
+            if escapes && c == b'\\' {
+                self.at += 2;
+            } else if c == quote && self.peek(1) == quote {
+                self.at += 2;
+            } else if c == quote {
+                self.at += 1;
+                return;
+            } else {
+                self.at += 1;
+            }
+        }
+    }
+
+    /// `$tag$ ... $tag$`; false (nothing consumed) when the `$` starts no dollar quote.
+    fn dollar_quote(&mut self) -> bool {
+        let rest = &self.sql[self.at + 1..];
+        let Some(len) = rest.iter().position(|c| *c == b'$') else {
+            return false;
+        };
+        let tag = &rest[..len];
+        if !tag.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') || tag.first().is_some_and(u8::is_ascii_digit) {
+            return false;
+        }
+        let delimiter = &self.sql[self.at..self.at + len + 2];
+        let body = self.at + len + 2;
+        match self.sql[body..]
+            .windows(delimiter.len())
+            .position(|w| w == delimiter)
+        {
+            Some(end) => self.at = body + end + delimiter.len(),
+            None => self.at = self.sql.len(),
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(sql: &str) -> Option<Pin> {
+        scan(sql.as_bytes()).pin
+    }
+
+    #[test]
+    fn what_pins() {
+        assert_eq!(pin("PREPARE q AS SELECT 1"), Some(Pin::Prepare));
+        assert_eq!(pin("select 1; listen jobs"), Some(Pin::Listen));
+        assert_eq!(pin("SELECT pg_advisory_lock(42)"), Some(Pin::AdvisoryLock));
+        assert_eq!(pin("SELECT pg_try_advisory_lock_shared(1)"), Some(Pin::AdvisoryLock));
+        assert_eq!(pin("SELECT pg_advisory_xact_lock(42)"), None, "transaction-level");
+        assert_eq!(pin("CREATE TEMP TABLE t (x int)"), Some(Pin::TemporaryTable));
+        assert_eq!(pin("create local temporary table t (x int)"), Some(Pin::TemporaryTable));
+        assert_eq!(pin("SELECT 1 INTO TEMP t"), Some(Pin::TemporaryTable));
+        assert_eq!(pin("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), Some(Pin::WithHoldCursor));
+        assert_eq!(pin("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1"), None);
+        assert_eq!(pin("SET SESSION AUTHORIZATION bob"), Some(Pin::SessionAuthorization));
+        assert_eq!(pin("set role bob"), Some(Pin::SessionAuthorization));
+    }
+
+    #[test]
+    fn what_does_not_pin() {
+        assert_eq!(pin("SELECT 'prepare; listen x' AS a"), None, "in a literal");
+        assert_eq!(pin("SELECT $$ LISTEN x $$, $f$pg_advisory_lock(1)$f$"), None);
+        assert_eq!(pin("SELECT 1 -- LISTEN x\n"), None);
+        assert_eq!(pin("SELECT /* CREATE TEMP TABLE /* nested */ x */ 1"), None);
+        assert_eq!(pin("SELECT \"temp\" FROM t"), None);
+        assert_eq!(pin("UPDATE t SET temp = 1"), None);
+        assert_eq!(pin("SELECT E'it''s \\' listen' "), None);
+        assert_eq!(pin("SELECT $1::int"), None, "a parameter is no dollar quote");
+    }
+
+    #[test]
+    fn settings() {
+        assert!(scan(b"SET statement_timeout = 5").needs_reset);
+        assert!(scan(b"set session work_mem to '64MB'").needs_reset);
+        assert!(scan(b"SELECT set_config('app.user', '7', false)").needs_reset);
+        assert!(scan(b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").needs_reset);
+        assert!(!scan(b"SET TimeZone = 'UTC'").needs_reset, "reported: it follows");
+        assert!(!scan(b"SET application_name = 'x'").needs_reset);
+        assert!(!scan(b"SET LOCAL statement_timeout = 5").needs_reset);
+        assert!(!scan(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").needs_reset);
+        assert!(!scan(b"UPDATE t SET x = 1").needs_reset);
+        assert!(scan(b"DISCARD ALL").drops_statements);
+        assert!(scan(b"deallocate all").drops_statements);
+        assert!(scan(b"DEALLOCATE credswap_1").poisons);
+    }
+}
