@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::params::{is_tracked, Values};
+use super::params::{is_tracked, Owned, Values};
 use super::scan::{Pin, Scan};
 use super::servers::Server;
 use super::statements::{close_message, Statement, Statements};
@@ -65,8 +65,9 @@ pub struct Client {
     /// client has sent.
     unnamed: Option<Bytes>,
     unnamed_seq: u64,
-    /// The reported parameters as the client has seen them.
+    /// The reported parameters as the client has seen them, and which of them it set.
     pub values: Values,
+    pub owned: Owned,
     pub pinned: Option<Pin>,
     /// Extended-protocol messages sent since the last `Sync`.
     unsynced: bool,
@@ -92,6 +93,7 @@ impl Client {
             unnamed: None,
             unnamed_seq: 0,
             values,
+            owned: Owned::default(),
             pinned: None,
             unsynced: false,
             skipping: false,
@@ -218,6 +220,85 @@ impl Client {
             });
             return Ok(());
         }
+        let statement = statements.get(rest);
+        self.record(name, statement.clone())?;
+        self.apply(statement.scan);
+        if server.prepared.touch(statement.id) {
+            self.expect.push_back(Expect::Parsed {
+                client: name.to_vec(),
+            });
+        } else {
+            self.prepare(server, &statement, false, Some(name.to_vec()), out);
+        }
+        Ok(())
+    }
+
+    /// Answers a round of `Parse` messages and its `Sync` without a server connection (libpq's
+    /// `PQprepare`): the statements are recorded and prepared on the connection where they are
+    /// first used, so the server checks them then. A client that prepares between
+    /// transactions never waits for a connection only to prepare (pgbench `-M prepared` blocks
+    /// its whole thread in `PQprepare`, so waiting there would deadlock against the clients of
+    /// the same thread that hold the connections). `None` when the round is not one of these
+    /// (it must wait for a connection): a statement that pins, or any other message.
+    pub fn parse_round(
+        &mut self,
+        cbuf: &[u8],
+        statements: &Statements,
+        max: usize,
+        back: &mut BytesMut,
+    ) -> Option<usize> {
+        // The round: Parse messages, then a Sync, all here already.
+        let mut at = 0;
+        let mut parses = Vec::new();
+        loop {
+            let len = wire::whole_message(&cbuf[at..], max).ok()??;
+            let m = &cbuf[at..at + len];
+            at += len;
+            match m[0] {
+                b'P' => parses.push(m),
+                b'S' if !parses.is_empty() => break,
+                _ => return None,
+            }
+        }
+        let mut failed = false;
+        let mut found = Vec::with_capacity(parses.len());
+        for m in &parses {
+            let (name, rest) = cstr(&m[5..]);
+            let statement = (!name.is_empty()).then(|| statements.get(rest));
+            let scan = match &statement {
+                Some(s) => s.scan,
+                None => super::scan::scan(cstr(rest).0),
+            };
+            if scan.pin.is_some() || scan.poisons || scan.drops_statements {
+                return None;
+            }
+            found.push((name, statement));
+        }
+        for (m, (name, statement)) in parses.iter().zip(found) {
+            if failed {
+                break;
+            }
+            match statement {
+                None => {
+                    self.unnamed = Some(Bytes::copy_from_slice(m));
+                    self.unnamed_seq += 1;
+                    back.put_slice(&[b'1', 0, 0, 0, 4]);
+                }
+                Some(statement) => match self.record(name, statement) {
+                    Ok(()) => back.put_slice(&[b'1', 0, 0, 0, 4]),
+                    Err(r) => {
+                        wire::error_response(back, r.code, &r.message);
+                        failed = true;
+                    }
+                },
+            }
+        }
+        wire::ready_for_query(back, b'I');
+        Some(at)
+    }
+
+    /// Records the client's name for a statement, within the client's limits.
+    fn record(&mut self, name: &[u8], statement: Arc<Statement>) -> Result<(), Refused> {
         if self.statements.contains_key(name) {
             return Err(Refused {
                 code: "42P05",
@@ -228,7 +309,7 @@ impl Client {
             });
         }
         if self.statements.len() >= MAX_CLIENT_STATEMENTS
-            || self.statement_bytes + rest.len() > self.max_statement_bytes
+            || self.statement_bytes + statement.parse.len() > self.max_statement_bytes
         {
             return Err(Refused {
                 code: "53400",
@@ -238,17 +319,8 @@ impl Client {
                 ),
             });
         }
-        let statement = statements.get(rest);
-        self.apply(statement.scan);
-        self.statement_bytes += rest.len();
-        self.statements.insert(name.to_vec(), statement.clone());
-        if server.prepared.touch(statement.id) {
-            self.expect.push_back(Expect::Parsed {
-                client: name.to_vec(),
-            });
-        } else {
-            self.prepare(server, &statement, false, Some(name.to_vec()), out);
-        }
+        self.statement_bytes += statement.parse.len();
+        self.statements.insert(name.to_vec(), statement);
         Ok(())
     }
 
@@ -455,6 +527,7 @@ impl Client {
                     let name = m[5..].split(|b| *b == 0).next().unwrap_or_default();
                     if is_tracked(name) {
                         self.values.update(&m[5..]);
+                        self.owned.mark(name);
                     }
                 }
                 true

@@ -168,8 +168,9 @@ impl Session<'_> {
         let mut values = held.server.values.clone();
         for (name, value) in tracked(&wanted) {
             values.set(name, value);
+            self.client.owned.mark(name.as_bytes());
         }
-        if let Some(sql) = values.sync_from(&held.server.values) {
+        if let Some(sql) = values.sync_from(&held.server.values, &self.client.owned) {
             match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
                 Ok(status) => {
                     for (n, v) in status {
@@ -252,7 +253,11 @@ impl Session<'_> {
                 ending,
                 cancelled: false,
             };
-            if let Some(sql) = self.client.values.sync_from(&held.server.values) {
+            let sync = self
+                .client
+                .values
+                .sync_from(&held.server.values, &self.client.owned);
+            if let Some(sql) = sync {
                 match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
                     Ok(status) => {
                         for (n, v) in status {
@@ -349,6 +354,18 @@ impl Session<'_> {
                         if stream.write_all(&answer).await.is_err() {
                             return End::Left;
                         }
+                    }
+                    continue;
+                }
+                if let Some(used) =
+                    self.client
+                        .parse_round(&cbuf, &self.fe.statements, max, &mut back)
+                {
+                    cbuf.advance(used);
+                    let sent = stream.write_all(&back).await;
+                    back.clear();
+                    if sent.is_err() {
+                        return End::Left;
                     }
                     continue;
                 }

@@ -91,11 +91,15 @@ impl Values {
         }
     }
 
-    /// The `SET` statements that bring `server` to these values for the tracked parameters;
-    /// `None` when they agree already.
-    pub fn sync_from(&self, server: &Values) -> Option<String> {
+    /// The `SET` statements that bring `server` to these values for the tracked parameters the
+    /// client set itself (`owned`; the others follow the server, such as the generation's
+    /// `application_name`); `None` when they agree already.
+    pub fn sync_from(&self, server: &Values, owned: &Owned) -> Option<String> {
         let mut sql = String::new();
-        for name in TRACKED {
+        for (i, name) in TRACKED.iter().enumerate() {
+            if owned.0 & (1 << i) == 0 {
+                continue;
+            }
             if let Some(want) = self.get(name) {
                 if server.get(name) != Some(want) {
                     sql.push_str(&format!("SET {name} TO {};", literal(want)));
@@ -103,6 +107,23 @@ impl Values {
             }
         }
         (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// The tracked parameters a client has set (at startup, or with `SET` in a transaction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owned(u8);
+
+impl Owned {
+    /// Marks `name` (if tracked) as the client's.
+    pub fn mark(&mut self, name: &[u8]) {
+        if let Some(i) = TRACKED.iter().position(|t| t.as_bytes().eq_ignore_ascii_case(name)) {
+            self.0 |= 1 << i;
+        }
+    }
+
+    pub fn all() -> Owned {
+        Owned(u8::MAX)
     }
 }
 
@@ -137,11 +158,14 @@ mod tests {
         assert_eq!(Values::from_status(&buf), server, "round trip");
 
         let mut client = server.clone();
-        assert_eq!(client.sync_from(&server), None);
+        let mut owned = Owned::default();
+        assert_eq!(client.sync_from(&server, &Owned::all()), None);
         client.set("application_name", "it's\\me");
+        client.set("TimeZone", "Europe/Paris");
         client.set("server_version", "99");
+        owned.mark(b"application_name");
         assert_eq!(
-            client.sync_from(&server).as_deref(),
+            client.sync_from(&server, &owned).as_deref(),
             Some("SET application_name TO E'it''s\\\\me';"),
             "only tracked parameters, quoted"
         );
