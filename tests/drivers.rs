@@ -50,3 +50,26 @@ async fn psycopg() {
     let out = run("psycopg", cmd, s.socket_dir());
     assert!(out.contains("query ok, user app"), "{out}");
 }
+
+/// The same checks with the target in transaction mode on two server connections: the scripts'
+/// temporary table pins their session, LISTEN pins the listener, the rest moves between
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pg_in_transaction_mode() {
+    let s = setup("pool_mode = \"transaction\"\npool = { max_size = 3 }").await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("node_pg.js")).current_dir(&dir);
+    let out = run("node-pg", cmd, s.socket_dir());
+    assert!(out.contains("query ok, user app"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_in_transaction_mode() {
+    let s = setup("pool_mode = \"transaction\"\npool = { max_size = 3 }").await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(root.join(".venv/bin/python"));
+    cmd.arg(root.join("tests/drivers/psycopg_check.py"));
+    let out = run("psycopg", cmd, s.socket_dir());
+    assert!(out.contains("query ok, user app"), "{out}");
+}
