@@ -379,11 +379,10 @@ fn postgres_front_end_settings() {
     .unwrap();
     assert_eq!(c.postgres.unwrap().pool_mode, PoolMode::Transaction);
     assert_eq!(c.targets[0].pool_mode, Some(PoolMode::Session));
-    let e = errors(&format!(
-        "[postgres]\nmax_prepared_statements = 0\n{GOOD}"
-    ));
+    let e = errors(&format!("[postgres]\nmax_prepared_statements = 0\n{GOOD}"));
     assert!(
-        e.iter().any(|e| e.contains("postgres.max_prepared_statements")),
+        e.iter()
+            .any(|e| e.contains("postgres.max_prepared_statements")),
         "{e:?}"
     );
     let e = errors(&GOOD.replace("source =", "pool_mode = \"statement\"\nsource ="));

@@ -137,7 +137,8 @@ async fn sweep(fe: Arc<Frontend>) {
             Some((generation, target.settings().pool.idle_timeout))
         });
         close(stale.into_iter().map(|s| s.conn).collect()).await;
-        let mut counts: std::collections::HashMap<String, usize> = fe.idle.counts().into_iter().collect();
+        let mut counts: std::collections::HashMap<String, usize> =
+            fe.idle.counts().into_iter().collect();
         for (name, n) in fe.pools.counts() {
             *counts.entry(name).or_default() += n;
         }

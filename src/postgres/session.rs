@@ -459,7 +459,10 @@ fn authorize(
 }
 
 /// A failed server connection: the server's own refusal (`Err`, to forward), or ours (`Ok`).
-pub(super) fn server_refusal(target: &TargetHandle, e: ServerError) -> Result<Refusal, bytes::Bytes> {
+pub(super) fn server_refusal(
+    target: &TargetHandle,
+    e: ServerError,
+) -> Result<Refusal, bytes::Bytes> {
     if e.is_auth() {
         target.report_auth_failure();
         return Ok(refusal(

@@ -58,6 +58,11 @@ pub fn target_with(db: &Cluster, name: &str, source: &str, extra: &str) -> Strin
 }
 
 pub async fn setup(extra_target: &str) -> Setup {
+    setup_with("", extra_target).await
+}
+
+/// [`setup`] with more keys in the `[postgres]` table.
+pub async fn setup_with(extra_postgres: &str, extra_target: &str) -> Setup {
     let db = Cluster::start_tls();
     db.create_role("app", CANARY_PASSWORD).await;
     db.admin()
@@ -69,7 +74,7 @@ pub async fn setup(extra_target: &str) -> Setup {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let secret = super::credentials_file(dir.path(), "app.json", "app", CANARY_PASSWORD);
     let config = format!(
-        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
+        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n{extra_postgres}\n\n{}",
         dir.path().display(),
         target(&db, "app", &secret, extra_target)
     ) + &target(&db, "other", &secret, "allow_uids = [4242]");

@@ -43,7 +43,9 @@ enum Expect {
     Simple,
     /// credswap answers in the server's place: `ParseComplete` for a statement this connection
     /// has already, naming `client`.
-    Parsed { client: Vec<u8> },
+    Parsed {
+        client: Vec<u8>,
+    },
     /// Any other answer of credswap's (`CloseComplete`, an error).
     Answer(Bytes),
 }

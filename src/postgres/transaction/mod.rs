@@ -170,7 +170,8 @@ impl Session<'_> {
             values.set(name, value);
             self.client.owned.mark(name.as_bytes());
         }
-        if let Some(sql) = values.sync_from(&held.server.values, &self.client.owned) {
+        let sync = values.sync_from(&held.server.values, &held.server.login, &self.client.owned);
+        if let Some(sql) = sync {
             match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
                 Ok(status) => {
                     for (n, v) in status {
@@ -253,10 +254,11 @@ impl Session<'_> {
                 ending,
                 cancelled: false,
             };
-            let sync = self
-                .client
-                .values
-                .sync_from(&held.server.values, &self.client.owned);
+            let sync = self.client.values.sync_from(
+                &held.server.values,
+                &held.server.login,
+                &self.client.owned,
+            );
             if let Some(sql) = sync {
                 match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
                     Ok(status) => {
@@ -402,7 +404,10 @@ impl Session<'_> {
                     self.give_back(h, false).await;
                     return End::Left;
                 }
-                if let Some(pin) = self.client.request(m, &mut h.server, &self.fe.statements, &mut out) {
+                if let Some(pin) =
+                    self.client
+                        .request(m, &mut h.server, &self.fe.statements, &mut out)
+                {
                     self.fe.metrics.postgres_pinned(&self.name, pin.label());
                     tracing::info!(target_name = %self.name, client = self.client.id, reason = pin.label(), "postgres client pinned to its server connection for the rest of its session");
                 }
@@ -517,7 +522,9 @@ impl Session<'_> {
             &format!("credswap: protocol violation: {e}"),
         )
         .await;
-        self.fe.metrics.postgres_ended(&self.name, "protocol_violation");
+        self.fe
+            .metrics
+            .postgres_ended(&self.name, "protocol_violation");
         End::Left
     }
 
@@ -580,7 +587,8 @@ fn from_server(
                 at += total;
             }
             None if rest.len() >= 5 => {
-                let total = u32::from_be_bytes(rest[1..5].try_into().expect("four bytes")) as usize + 1;
+                let total =
+                    u32::from_be_bytes(rest[1..5].try_into().expect("four bytes")) as usize + 1;
                 if total > STREAM_AT {
                     client.response(rest[0], &rest[..5], server);
                     back.put_slice(rest);

@@ -91,16 +91,19 @@ impl Values {
         }
     }
 
-    /// The `SET` statements that bring `server` to these values for the tracked parameters the
-    /// client set itself (`owned`; the others follow the server, such as the generation's
-    /// `application_name`); `None` when they agree already.
-    pub fn sync_from(&self, server: &Values, owned: &Owned) -> Option<String> {
+    /// The `SET` statements that bring a server connection (now at `server`, logged in with
+    /// `login`) to what this client should see: its own values for the tracked parameters it
+    /// set (`owned`), the login's for the others (so nothing another client set shows, and the
+    /// generation's `application_name` stays); `None` when they agree already.
+    pub fn sync_from(&self, server: &Values, login: &Values, owned: &Owned) -> Option<String> {
         let mut sql = String::new();
         for (i, name) in TRACKED.iter().enumerate() {
-            if owned.0 & (1 << i) == 0 {
-                continue;
-            }
-            if let Some(want) = self.get(name) {
+            let want = if owned.0 & (1 << i) != 0 {
+                self.get(name)
+            } else {
+                login.get(name)
+            };
+            if let Some(want) = want {
                 if server.get(name) != Some(want) {
                     sql.push_str(&format!("SET {name} TO {};", literal(want)));
                 }
@@ -117,7 +120,10 @@ pub struct Owned(u8);
 impl Owned {
     /// Marks `name` (if tracked) as the client's.
     pub fn mark(&mut self, name: &[u8]) {
-        if let Some(i) = TRACKED.iter().position(|t| t.as_bytes().eq_ignore_ascii_case(name)) {
+        if let Some(i) = TRACKED
+            .iter()
+            .position(|t| t.as_bytes().eq_ignore_ascii_case(name))
+        {
             self.0 |= 1 << i;
         }
     }
@@ -157,17 +163,27 @@ mod tests {
         server.write_status(&mut buf);
         assert_eq!(Values::from_status(&buf), server, "round trip");
 
+        let login = server.clone();
         let mut client = server.clone();
         let mut owned = Owned::default();
-        assert_eq!(client.sync_from(&server, &Owned::all()), None);
+        assert_eq!(client.sync_from(&server, &login, &Owned::all()), None);
         client.set("application_name", "it's\\me");
         client.set("TimeZone", "Europe/Paris");
         client.set("server_version", "99");
         owned.mark(b"application_name");
         assert_eq!(
-            client.sync_from(&server, &owned).as_deref(),
+            client.sync_from(&server, &login, &owned).as_deref(),
             Some("SET application_name TO E'it''s\\\\me';"),
-            "only tracked parameters, quoted"
+            "only tracked parameters the client set, quoted"
+        );
+        // Another client's TimeZone on the connection goes back to the login's.
+        let mut other = server.clone();
+        other.set("TimeZone", "Asia/Tokyo");
+        assert_eq!(
+            Values::default()
+                .sync_from(&other, &login, &Owned::default())
+                .as_deref(),
+            Some("SET TimeZone TO E'UTC';")
         );
         assert!(is_tracked(b"timezone") && !is_tracked(b"work_mem"));
     }

@@ -67,7 +67,12 @@ pub fn scan(sql: &[u8]) -> Scan {
                 }
                 if let Some(prev) = words.last() {
                     let temp = eq(w, b"temp") || eq(w, b"temporary");
-                    if temp && (prev.is(b"into") || prev.is(b"create") || prev.is(b"local") || prev.is(b"global")) {
+                    if temp
+                        && (prev.is(b"into")
+                            || prev.is(b"create")
+                            || prev.is(b"local")
+                            || prev.is(b"global"))
+                    {
                         out.pin.get_or_insert(Pin::TemporaryTable);
                     }
                     if eq(w, b"hold") && prev.is(b"with") && words[0].is(b"declare") {
@@ -111,7 +116,8 @@ fn statement_start(w: &[Word], out: &mut Scan) {
     } else if eq(first, b"listen") {
         out.pin.get_or_insert(Pin::Listen);
     } else if eq(first, b"discard") && eq(at(1), b"all")
-        || eq(first, b"deallocate") && (eq(at(1), b"all") || eq(at(1), b"prepare") && eq(at(2), b"all"))
+        || eq(first, b"deallocate")
+            && (eq(at(1), b"all") || eq(at(1), b"prepare") && eq(at(2), b"all"))
     {
         out.drops_statements = true;
     } else if eq(first, b"deallocate") {
@@ -256,7 +262,9 @@ impl<'a> Lexer<'a> {
             return false;
         };
         let tag = &rest[..len];
-        if !tag.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') || tag.first().is_some_and(u8::is_ascii_digit) {
+        if !tag.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            || tag.first().is_some_and(u8::is_ascii_digit)
+        {
             return false;
         }
         let delimiter = &self.sql[self.at..self.at + len + 2];
@@ -285,27 +293,53 @@ mod tests {
         assert_eq!(pin("PREPARE q AS SELECT 1"), Some(Pin::Prepare));
         assert_eq!(pin("select 1; listen jobs"), Some(Pin::Listen));
         assert_eq!(pin("SELECT pg_advisory_lock(42)"), Some(Pin::AdvisoryLock));
-        assert_eq!(pin("SELECT pg_try_advisory_lock_shared(1)"), Some(Pin::AdvisoryLock));
-        assert_eq!(pin("SELECT pg_advisory_xact_lock(42)"), None, "transaction-level");
-        assert_eq!(pin("CREATE TEMP TABLE t (x int)"), Some(Pin::TemporaryTable));
-        assert_eq!(pin("create local temporary table t (x int)"), Some(Pin::TemporaryTable));
+        assert_eq!(
+            pin("SELECT pg_try_advisory_lock_shared(1)"),
+            Some(Pin::AdvisoryLock)
+        );
+        assert_eq!(
+            pin("SELECT pg_advisory_xact_lock(42)"),
+            None,
+            "transaction-level"
+        );
+        assert_eq!(
+            pin("CREATE TEMP TABLE t (x int)"),
+            Some(Pin::TemporaryTable)
+        );
+        assert_eq!(
+            pin("create local temporary table t (x int)"),
+            Some(Pin::TemporaryTable)
+        );
         assert_eq!(pin("SELECT 1 INTO TEMP t"), Some(Pin::TemporaryTable));
-        assert_eq!(pin("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), Some(Pin::WithHoldCursor));
+        assert_eq!(
+            pin("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+            Some(Pin::WithHoldCursor)
+        );
         assert_eq!(pin("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1"), None);
-        assert_eq!(pin("SET SESSION AUTHORIZATION bob"), Some(Pin::SessionAuthorization));
+        assert_eq!(
+            pin("SET SESSION AUTHORIZATION bob"),
+            Some(Pin::SessionAuthorization)
+        );
         assert_eq!(pin("set role bob"), Some(Pin::SessionAuthorization));
     }
 
     #[test]
     fn what_does_not_pin() {
         assert_eq!(pin("SELECT 'prepare; listen x' AS a"), None, "in a literal");
-        assert_eq!(pin("SELECT $$ LISTEN x $$, $f$pg_advisory_lock(1)$f$"), None);
+        assert_eq!(
+            pin("SELECT $$ LISTEN x $$, $f$pg_advisory_lock(1)$f$"),
+            None
+        );
         assert_eq!(pin("SELECT 1 -- LISTEN x\n"), None);
         assert_eq!(pin("SELECT /* CREATE TEMP TABLE /* nested */ x */ 1"), None);
         assert_eq!(pin("SELECT \"temp\" FROM t"), None);
         assert_eq!(pin("UPDATE t SET temp = 1"), None);
         assert_eq!(pin("SELECT E'it''s \\' listen' "), None);
-        assert_eq!(pin("SELECT $1::int"), None, "a parameter is no dollar quote");
+        assert_eq!(
+            pin("SELECT $1::int"),
+            None,
+            "a parameter is no dollar quote"
+        );
     }
 
     #[test]
@@ -314,7 +348,10 @@ mod tests {
         assert!(scan(b"set session work_mem to '64MB'").needs_reset);
         assert!(scan(b"SELECT set_config('app.user', '7', false)").needs_reset);
         assert!(scan(b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").needs_reset);
-        assert!(!scan(b"SET TimeZone = 'UTC'").needs_reset, "reported: it follows");
+        assert!(
+            !scan(b"SET TimeZone = 'UTC'").needs_reset,
+            "reported: it follows"
+        );
         assert!(!scan(b"SET application_name = 'x'").needs_reset);
         assert!(!scan(b"SET LOCAL statement_timeout = 5").needs_reset);
         assert!(!scan(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").needs_reset);

@@ -26,8 +26,9 @@ pub struct Server {
     pub prepared: Prepared,
     /// Whose unnamed statement the server holds: (client, that client's parse count).
     pub unnamed: Option<(u64, u64)>,
-    /// Reported parameters, as the server last said.
+    /// Reported parameters, as the server last said, and as they were at login.
     pub values: Values,
+    pub login: Values,
     /// The server's cancel key, shared with the client's cancel entry while lent.
     key: Arc<ServerKey>,
     since: Instant,
@@ -37,8 +38,10 @@ pub struct Server {
 impl Server {
     /// A newly opened connection in the place `slot` was given for.
     pub fn new(conn: ServerConnection, generation: u64, params: Params, slot: Slot) -> Server {
+        let login = Values::from_status(&conn.parameter_status);
         Server {
-            values: Values::from_status(&conn.parameter_status),
+            values: login.clone(),
+            login,
             key: Arc::new(conn.key.clone()),
             conn,
             generation,
@@ -261,8 +264,10 @@ impl State {
     fn retire(&mut self, close: &mut Vec<Box<Server>>) {
         let generation = self.generation;
         if self.idle.iter().any(|s| s.generation != generation) {
-            let (old, current): (Vec<_>, Vec<_>) =
-                self.idle.drain(..).partition(|s| s.generation != generation);
+            let (old, current): (Vec<_>, Vec<_>) = self
+                .idle
+                .drain(..)
+                .partition(|s| s.generation != generation);
             self.idle = current;
             close.extend(old);
         }

@@ -112,11 +112,7 @@ impl Prepared {
     pub fn insert(&mut self, id: u64, max: usize) -> Option<u64> {
         self.clock += 1;
         let evict = if self.used.len() >= max {
-            let oldest = self
-                .used
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(id, _)| *id);
+            let oldest = self.used.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
             if let Some(old) = oldest {
                 self.used.remove(&old);
             }
@@ -161,7 +157,11 @@ mod tests {
         assert!(a.parse.ends_with(b"SELECT $1\0\0\x01\0\0\0\x17"));
         let id = a.id;
         drop((a, b));
-        assert_ne!(all.get(b"SELECT $1\0\0\x01\0\0\0\x17").id, id, "forgotten once unused");
+        assert_ne!(
+            all.get(b"SELECT $1\0\0\x01\0\0\0\x17").id,
+            id,
+            "forgotten once unused"
+        );
     }
 
     #[test]
