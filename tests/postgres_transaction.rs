@@ -411,3 +411,298 @@ async fn cancels_and_abandoned_transactions() {
         "0"
     );
 }
+
+/// 50 password rotations (alternating users) under transaction-mode load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_password_rotations_in_transaction_mode() {
+    let s = setup(&format!(
+        "drain_timeout = \"30s\"\n{}",
+        transaction_target(8)
+    ))
+    .await;
+    s.db.create_role("app_b", "b-0").await;
+    s.db.admin()
+        .await
+        .batch_execute(
+            "GRANT ALL ON SCHEMA public TO app_b; CREATE TABLE public.ledger (x int); \
+             GRANT ALL ON public.ledger TO app, app_b",
+        )
+        .await
+        .unwrap();
+    rotations_in_transaction_mode(&s, 50, |i| {
+        let s = &s;
+        async move {
+            let (role, password) = if i % 2 == 1 {
+                ("app_b", format!("b-{i}"))
+            } else {
+                ("app", format!("a-{i}"))
+            };
+            s.db.set_password(role, &password).await;
+            support::credentials_file(s.dir.path(), "app.json", role, &password);
+        }
+    })
+    .await;
+}
+
+/// 50 rotations to new Vault dynamic users under the same load; old leases are revoked once
+/// their generations drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_vault_dynamic_rotations_in_transaction_mode() {
+    let db = support::pg::Cluster::start_tls();
+    db.admin()
+        .await
+        .batch_execute("CREATE TABLE public.ledger (x int)")
+        .await
+        .unwrap();
+    let bao = support::servers::Bao::start();
+    bao.database_engine(&db, "10m", &["GRANT ALL ON public.ledger TO \"{{name}}\";"])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let token = support::write_private(dir.path(), "token", support::servers::BAO_ROOT_TOKEN);
+    let source = format!(
+        "{{ kind = \"vault\", address = \"{}\", engine = \"database\", role = \"dyn\", auth = {{ method = \"token\", token_file = \"{}\" }} }}",
+        bao.address(),
+        token.display()
+    );
+    let config = format!(
+        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
+        dir.path().display(),
+        support::frontend::target_with(
+            &db,
+            "app",
+            &source,
+            &format!("drain_timeout = \"30s\"\n{}", transaction_target(8))
+        )
+    );
+    let daemon = support::daemon::Daemon::start(&config, "").await;
+    daemon.wait_ready().await;
+    let s = Setup { db, dir, daemon };
+    rotations_in_transaction_mode(&s, 50, |_| {
+        let s = &s;
+        async move {
+            let (code, _, err) = s.daemon.cli(&["rotate", "app", "--force"]);
+            assert_eq!(code, 0, "{err}");
+        }
+    })
+    .await;
+    let users: i64 = s
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname NOT IN ('postgres', 'vaultadmin')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        (1..=3).contains(&users),
+        "{users} dynamic users of 51 remain"
+    );
+}
+
+fn spawn_driver(mut cmd: Command, s: &Setup, what: &str) -> std::process::Child {
+    let child = cmd
+        .env("PGHOST", s.socket_dir())
+        .env("PGDATABASE", "app")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not run ({e}); dev/setup installs it"));
+    support::owned::record(child.id(), what);
+    child
+}
+
+/// Its JSON line {committed, failed, errors}, once its stdin is closed.
+async fn driver_counts(mut child: std::process::Child, what: &str) -> u64 {
+    drop(child.stdin.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let counts: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
+    assert_eq!(counts["failed"], 0, "{what}: {counts}");
+    assert!(out.status.success(), "{what}: {text}");
+    let committed = counts["committed"].as_u64().unwrap();
+    assert!(committed > 0, "{what}: {counts}");
+    committed
+}
+
+/// Drives `rotations` rotations under transaction-mode load that never reconnects: pgbench
+/// (`-M prepared`, 8 clients), node-pg's Pool with named statements, psycopg with automatic
+/// preparation and a long-lived tokio-postgres client with a prepared statement. No
+/// transaction fails and no client is disconnected; every committed row is there; each old
+/// generation's server sessions are gone long before its 30 s drain deadline (they end with
+/// their in-flight transactions), measured in pg_stat_activity by `application_name`.
+async fn rotations_in_transaction_mode<F, Fut>(s: &Setup, rotations: u64, mut rotate: F)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let drivers = root.join("tests/drivers");
+    let mut node_cmd = Command::new("node");
+    node_cmd
+        .arg(drivers.join("node_pg_prepared_load.js"))
+        .current_dir(&drivers);
+    let node = spawn_driver(node_cmd, s, "node");
+    let mut py_cmd = Command::new(root.join(".venv/bin/python"));
+    py_cmd.arg(drivers.join("psycopg_load.py"));
+    let py = spawn_driver(py_cmd, s, "python");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // pgbench in runs of 3 s with persistent connections, until stopped.
+    let pgbench = {
+        let stop = stop.clone();
+        let dir = s.socket_dir().display().to_string();
+        std::thread::spawn(move || {
+            let mut processed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut child = Command::new("pgbench")
+                    .args(["-h", &dir, "-p", "5432", "-U", "x", "-n", "-M", "prepared"])
+                    .args(["-c", "8", "-j", "2", "-T", "3", "-f", "-", "app"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("pgbench runs");
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped")
+                    .write_all(b"BEGIN;\nINSERT INTO public.ledger VALUES (1);\nEND;\n")
+                    .unwrap();
+                let out = child.wait_with_output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "pgbench:\n{text}");
+                assert!(text.contains("number of failed transactions: 0"), "{text}");
+                assert!(!text.contains("aborted"), "{text}");
+                processed += text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+                    .and_then(|n| n.split('/').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .expect("pgbench's count");
+            }
+            processed
+        })
+    };
+    // One long-lived client for the whole test: its connection must never end.
+    let worker = {
+        let stop = stop.clone();
+        let client = s.client("app").await.unwrap();
+        tokio::spawn(async move {
+            let insert = client
+                .prepare("INSERT INTO public.ledger VALUES ($1)")
+                .await
+                .unwrap();
+            let mut committed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.batch_execute("BEGIN").await.expect("BEGIN");
+                client.execute(&insert, &[&5i32]).await.expect("INSERT");
+                client.batch_execute("COMMIT").await.expect("COMMIT");
+                committed += 1;
+            }
+            committed
+        })
+    };
+
+    let admin = s.db.admin().await;
+    let (_, v, _) = s.daemon.get("/v1/targets/app").await;
+    let mut generation = v["generation"]["id"].as_u64().expect("a live generation");
+    let first = generation;
+    let mut drains = Vec::new();
+    for i in 1..=rotations {
+        rotate(i).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let old = generation;
+        loop {
+            let (_, v, _) = s.daemon.get("/v1/targets/app").await;
+            if v["generation"]["id"].as_u64().unwrap_or(0) > generation {
+                generation = v["generation"]["id"].as_u64().unwrap();
+                break;
+            }
+            assert!(Instant::now() < deadline, "rotation {i} never swapped: {v}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let swapped = Instant::now();
+        let name = format!("credswap/app/g{old}");
+        loop {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 0 {
+                break;
+            }
+            assert!(
+                swapped.elapsed() < Duration::from_secs(5),
+                "generation {old}'s {n} sessions still there 5 s after the swap (deadline 30 s)"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drains.push(swapped.elapsed());
+    }
+    assert!(generation >= first + rotations, "generation {generation}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tokio_committed = worker.await.expect("the long-lived client never failed");
+    let node_committed = driver_counts(node, "node-pg").await;
+    let py_committed = driver_counts(py, "psycopg").await;
+    let pgbench_processed = tokio::task::spawn_blocking(move || pgbench.join().unwrap())
+        .await
+        .unwrap();
+    drains.sort();
+    eprintln!(
+        "old generation gone after the swap: p50 {:?}, p99 {:?}, max {:?} ({} rotations)",
+        drains[drains.len() / 2],
+        drains[drains.len() * 99 / 100],
+        drains[drains.len() - 1],
+        drains.len()
+    );
+    let rows = |x: i32| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT count(*) FROM public.ledger WHERE x = $1", &[&x])
+                .await
+                .unwrap()
+                .get::<_, i64>(0) as u64
+        }
+    };
+    assert_eq!(rows(1).await, pgbench_processed, "pgbench's rows");
+    assert_eq!(rows(3).await, node_committed, "node-pg's rows");
+    assert_eq!(rows(4).await, py_committed, "psycopg's rows");
+    assert_eq!(
+        rows(5).await,
+        tokio_committed,
+        "the long-lived client's rows"
+    );
+    let ended: u64 = s
+        .daemon
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("credswap_postgres_sessions_ended_total{") && l.contains("ended_at_idle")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(ended, 0, "no session was ended by a rotation");
+    support::assert_no_canary("daemon log", &s.daemon.log());
+}
