@@ -45,7 +45,7 @@ BENCH = os.path.join(RELEASE, "credswap-bench")
 VENV = os.path.join(ROOT, ".venv", "bin")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROTATIONS = int(os.environ.get("BENCH_ROTATIONS", "100"))
-ALL_PHASES = ("memory", "hop", "wire", "rotation", "abuse")
+ALL_PHASES = ("memory", "hop", "wire", "transaction", "rotation", "abuse")
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
 CLIENTS = [1, 16, 64]
 POOL_SIZE = 16
@@ -291,6 +291,11 @@ pidfile = {d}/pgbouncer.pid
         for t in targets:
             text += (f'[[target]]\nname = "{t}"\nurl = "{url}"\nmin_rotation_interval = "0s"\n{pool}\n'
                      f"source = {sources[t]}\n\n")
+        # Transaction mode: every client shares POOL_SIZE server connections (as PgBouncer's
+        # "postgres" database does); its own secret file, rotated under load.
+        text += (f'[[target]]\nname = "txn"\nurl = "{url}"\npool_mode = "transaction"\n'
+                 f'pool = {{ max_size = {POOL_SIZE}, min_idle = 0 }}\n'
+                 f'source = {{ kind = "file", path = "{self.write_secret("txn", "app")}" }}\n\n')
         # Session mode needs a server connection per client: sized to the most clients.
         text += (f'[[target]]\nname = "wire"\nurl = "{url}"\npool = {{ max_size = {max(CLIENTS)}, min_idle = 0 }}\n'
                  f"source = {sources['one']}\n\n")
@@ -359,6 +364,10 @@ pidfile = {d}/pgbouncer.pid
         elif via == "pgbouncer":
             host, port = self.path("pgbouncer"), self.pgb_port
             db = "postgres" if mode == "simple" else "session"
+        elif via == "pgbouncer_txn":
+            host, port, db = self.path("pgbouncer"), self.pgb_port, "postgres"
+        elif via == "credswap_txn":
+            host, port, db = self.path("main-pg"), 5432, "txn"
         else:
             host, port, db = self.path("main-pg"), 5432, "wire"
         cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
@@ -410,6 +419,56 @@ def wire(b, daemon_pid):
                         k: row[via]["latency_us"][k] - row["direct"]["latency_us"][k] for k in ("p50", "p99")}
             rows.append(row)
     return rows
+
+
+def transaction(b, daemon_pid):
+    """Transaction mode: 16 and 64 pgbench clients on 16 server connections, straight to
+    PostgreSQL, through PgBouncer's transaction pool (simple and extended; PgBouncer 1.18 has no
+    prepared statements in transaction mode) and through credswap's; then the time from a
+    rotation's trigger to the old generation drained while 64 clients run -M prepared."""
+    pgbouncer_pid = int(open(b.path("pgbouncer", "pgbouncer.pid")).read())
+    rows = []
+    for clients in (16, 64):
+        for mode in ("simple", "extended", "prepared"):
+            row = {"clients": clients, "mode": mode}
+            vias = [("direct", None), ("credswap_txn", daemon_pid)]
+            if mode != "prepared":
+                vias.insert(1, ("pgbouncer_txn", pgbouncer_pid))
+            for via, pid in vias:
+                cpu = cpu_seconds(pid) if pid else 0
+                r = b.pgbench_wire(clients, mode, via)
+                if pid:
+                    r["cpu_us_per_transaction"] = round(
+                        (cpu_seconds(pid) - cpu) / (r["throughput_per_s"] * SECONDS) * 1e6, 1)
+                row[via] = r
+                log(f"transaction mode {clients:>2} clients -M {mode:<8} {via:<12} "
+                    f"{r['throughput_per_s']:>8.0f}/s cpu {r.get('cpu_us_per_transaction', '-')} us")
+            for via, _ in vias[1:]:
+                row[f"{via}_over_direct"] = round(
+                    row[via]["throughput_per_s"] / row["direct"]["throughput_per_s"], 3)
+            rows.append(row)
+    # Rotations under 64 clients of -M prepared through the transaction pool.
+    env = dict(os.environ)
+    load_seconds = 20
+    load = subprocess.Popen(
+        ["pgbench", "-n", "-S", "-M", "prepared", "-c", "64", "-j", "2", "-T", str(load_seconds),
+         "-h", b.path("main-pg"), "-p", "5432", "-U", "app", "txn"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=b.w)
+    time.sleep(1)
+    admin = ["--pg-admin", f"host={b.w} port={b.pg_port} user=postgres dbname=postgres"]
+    r = b.bench("rotate", "--socket", b.path("main.sock"), "--target", "txn", "--clients", 0,
+                "--rotations", min(ROTATIONS, 40), "--interval", "100ms",
+                "--store", f"file:{b.path('txn.json')}", "--role", "app2", "--role", "app", *admin)
+    out, err = load.communicate(timeout=load_seconds + 60)
+    if load.returncode != 0:
+        raise SystemExit(f"bench: pgbench under rotations failed:\n{out}\n{err}")
+    failed = int(re.search(r"number of failed transactions: (\d+)", out).group(1))
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    rotation = {**r["rotations"], "load": {"transactions": processed, "failed": failed,
+                                           "aborted_clients": out.count("aborted") + err.count("aborted")}}
+    log(f"transaction mode under rotations: {json.dumps(r['rotations']['trigger_to_drained_ms'])}, "
+        f"{processed} transactions, {failed} failed")
+    return {"rows": rows, "rotation_under_64_clients": rotation}
 
 
 def rss_kib(pid, field="VmRSS"):
@@ -543,6 +602,8 @@ def table(r):
         lines += rotation_table(r)
     if "wire" in r:
         lines += wire_table(r)
+    if "transaction" in r:
+        lines += transaction_table(r)
     if "memory" in r:
         lines += memory_table(r)
     if "abuse" in r:
@@ -603,6 +664,27 @@ def wire_table(r):
     return lines
 
 
+def transaction_table(r):
+    t = r["transaction"]
+    lines = ["", "transaction mode, 16 server connections (pgbench -S; tps, ratio to direct, pooler CPU us/tx)",
+             f"{'clients':>7} {'mode':<8} | {'direct':>7} | {'pgbouncer':>9} {'ratio':>5} {'cpu':>5} | "
+             f"{'credswap':>8} {'ratio':>5} {'cpu':>5}"]
+    for w in t["rows"]:
+        pgb = w.get("pgbouncer_txn")
+        pgb_cols = (f"{pgb['throughput_per_s']:>9} {w['pgbouncer_txn_over_direct']:>5.2f} "
+                    f"{pgb['cpu_us_per_transaction']:>5}" if pgb else f"{'cannot':>9} {'-':>5} {'-':>5}")
+        c = w["credswap_txn"]
+        lines.append(f"{w['clients']:>7} {w['mode']:<8} | {w['direct']['throughput_per_s']:>7} | {pgb_cols} | "
+                     f"{c['throughput_per_s']:>8} {w['credswap_txn_over_direct']:>5.2f} {c['cpu_us_per_transaction']:>5}")
+    u = t["rotation_under_64_clients"]
+    s, d = u["trigger_to_swapped_ms"] or {}, u["trigger_to_drained_ms"] or {}
+    lines.append(f"rotation under 64 clients (-M prepared): {u['swapped']} swapped; trigger to swapped p50 "
+                 f"{s.get('p50', '-')} / p99 {s.get('p99', '-')} ms; to old generation drained p50 "
+                 f"{d.get('p50', '-')} / p99 {d.get('p99', '-')} ms; {u['load']['transactions']} transactions, "
+                 f"{u['load']['failed']} failed, {u['load']['aborted_clients']} aborted")
+    return lines
+
+
 def memory_table(r):
     m = r["memory"]
     return ["", f"start-up to READY=1: median {m['startup_to_ready_ms']['median']} ms "
@@ -633,7 +715,7 @@ def main():
         if "memory" in PHASES:
             log("memory and start-up")
             results["memory"] = memory_and_startup(b)
-        if PHASES & {"hop", "wire", "rotation"}:
+        if PHASES & {"hop", "wire", "transaction", "rotation"}:
             p, _, config = b.start_daemon("main", ["one", "aws", "vault"])
             if "hop" in PHASES:
                 log("hop cost")
@@ -645,6 +727,9 @@ def main():
             if "wire" in PHASES:
                 log("PostgreSQL front end vs PgBouncer (pgbench)")
                 results["wire"] = wire(b, p.pid)
+            if "transaction" in PHASES:
+                log("transaction mode vs PgBouncer (pgbench)")
+                results["transaction"] = transaction(b, p.pid)
             if "rotation" in PHASES:
                 log("rotations")
                 results["rotation"] = rotations(b, under_load=True)
