@@ -294,6 +294,7 @@ pidfile = {d}/pgbouncer.pid
         # Transaction mode: every client shares POOL_SIZE server connections (as PgBouncer's
         # "postgres" database does); its own secret file, rotated under load.
         text += (f'[[target]]\nname = "txn"\nurl = "{url}"\npool_mode = "transaction"\n'
+                 f'min_rotation_interval = "0s"\n'
                  f'pool = {{ max_size = {POOL_SIZE}, min_idle = 0 }}\n'
                  f'source = {{ kind = "file", path = "{self.write_secret("txn", "app")}" }}\n\n')
         # Session mode needs a server connection per client: sized to the most clients.

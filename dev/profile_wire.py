@@ -3,9 +3,12 @@ counts: repeatable whatever else the machine runs) while pgbench -S -M simple ru
 socket. Uses dev/bench.py's setup (a TLS PostgreSQL with pgbench's tables, the bench
 configuration). Run after `cargo build --release --locked --bins`:
 
-    .venv/bin/python dev/profile_wire.py [CLIENTS] [SECONDS] [wire|api]   default 16, 20 s, wire
+    .venv/bin/python dev/profile_wire.py [CLIENTS] [SECONDS] [wire|txn|txn-extended|api]
+                                                            default 16, 20 s, wire
 
-`api` profiles the HTTP API instead: credswap-bench's `SELECT 1` requests on the API socket.
+`txn` profiles transaction mode (the bench's "txn" target, 16 server connections), with
+pgbench -M simple, or -M extended for `txn-extended`. `api` profiles the HTTP API instead:
+credswap-bench's `SELECT 1` requests on the API socket.
 
 A warm-up run first opens the server connections (kept between clients afterwards), then
 collection starts: the profile is the steady state. Prints pgbench's transaction count, the
@@ -54,8 +57,10 @@ def main():
                 return subprocess.run([bench.BENCH, "api", "--socket", b.path("main.sock"), "--target", "one",
                                        "--clients", str(clients), "--duration", f"{duration}s", "--warmup", "0s",
                                        "--query", "select1"], capture_output=True, text=True, check=True).stdout
-            return subprocess.run(["pgbench", "-n", "-S", "-M", "simple", "-c", str(clients), "-j", "2", "-T",
-                                   str(duration), "-h", b.path("main-pg"), "-U", "app", "wire"],
+            query_mode = "extended" if mode == "txn-extended" else "simple"
+            db = "txn" if mode.startswith("txn") else "wire"
+            return subprocess.run(["pgbench", "-n", "-S", "-M", query_mode, "-c", str(clients), "-j", "2", "-T",
+                                   str(duration), "-h", b.path("main-pg"), "-U", "app", db],
                                   capture_output=True, text=True, env=pg_env, check=True).stdout
         # A warm-up run opens (and leaves behind, kept) the server connections; collection then
         # starts, so the profile is the steady state: forwarding, not logins.

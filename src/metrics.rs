@@ -382,6 +382,18 @@ impl Metrics {
             .inc();
     }
 
+    /// The waiting gauge and wait histogram of `target`, looked up once for a transaction-mode
+    /// client (it checks out a connection per transaction).
+    pub fn postgres_checkout(&self, target: &str) -> CheckoutMetrics {
+        let label = TargetLabel {
+            target: target.into(),
+        };
+        CheckoutMetrics {
+            waiting: self.pg_waiting.get_or_create(&label).clone(),
+            wait: self.pg_wait.get_or_create(&label).clone(),
+        }
+    }
+
     /// A client waits for a place among the target's sessions until the guard drops.
     pub fn postgres_waiting(&self, target: &str) -> impl Drop {
         let gauge = self
@@ -498,6 +510,25 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// A transaction-mode client's handles on the checkout metrics.
+pub struct CheckoutMetrics {
+    waiting: Gauge,
+    wait: Histogram,
+}
+
+impl CheckoutMetrics {
+    /// Counts the client as waiting until the guard drops.
+    pub fn waiting(&self) -> impl Drop {
+        self.waiting.inc();
+        WaitingGuard(self.waiting.clone())
+    }
+
+    /// How long it waited for its connection.
+    pub fn waited(&self, waited: Duration) {
+        self.wait.observe(waited.as_secs_f64());
     }
 }
 

@@ -18,11 +18,13 @@ pub struct CancelKeys {
     sessions: Mutex<HashMap<(i32, i32), Entry>>,
 }
 
+/// The server session serving a client now (in transaction mode, none between transactions),
+/// shared by the key's entry and its session so that pointing it elsewhere takes no map lookup.
+type Serving = Arc<Mutex<Option<Arc<ServerKey>>>>;
+
 struct Entry {
     target: Arc<TargetHandle>,
-    /// The server session serving the client now (in transaction mode, none between
-    /// transactions).
-    server: Option<Arc<ServerKey>>,
+    server: Serving,
 }
 
 /// A session's key; dropping it unlinks the key.
@@ -30,6 +32,7 @@ pub struct Registered<'a> {
     keys: &'a CancelKeys,
     pub pid: i32,
     pub secret: i32,
+    server: Serving,
 }
 
 impl Drop for Registered<'_> {
@@ -57,24 +60,25 @@ impl CancelKeys {
                 break key;
             }
         };
-        sessions.insert((pid, secret), Entry { target, server });
+        let server = Arc::new(Mutex::new(server));
+        sessions.insert(
+            (pid, secret),
+            Entry {
+                target,
+                server: server.clone(),
+            },
+        );
         Registered {
             keys: self,
             pid,
             secret,
+            server,
         }
     }
 
     /// Points a session's key at the server session serving it now.
     pub fn point(&self, key: &Registered<'_>, server: Option<Arc<ServerKey>>) {
-        if let Some(entry) = self
-            .sessions
-            .lock()
-            .expect("never poisoned")
-            .get_mut(&(key.pid, key.secret))
-        {
-            entry.server = server;
-        }
+        *key.server.lock().expect("never poisoned") = server;
     }
 
     /// Forwards a cancel request if the key is live and `peer` may use its target (admins
@@ -95,7 +99,7 @@ impl CancelKeys {
                 );
                 return false;
             }
-            let Some(server) = entry.server.clone() else {
+            let Some(server) = entry.server.lock().expect("never poisoned").clone() else {
                 return false;
             };
             server

@@ -11,8 +11,12 @@
 //! on (PostgreSQL keeps sessions open across a password change) until the generation's
 //! `drain_timeout`, then ends at its next idle point with `FATAL 57P01`.
 //!
-//! [`session`] is where a connection goes, [`forward`] the hot path, [`crate::pool::raw`] the
-//! upstream login, [`cancel`] the cancel keys, [`wire`] the protocol messages.
+//! Transaction mode ([`transaction`], per target): a server connection per transaction, so a
+//! rotation never reaches a client and many clients share few connections.
+//!
+//! [`session`] is where a connection goes, [`forward`] the hot path, [`transaction`] the
+//! transaction-mode loop, [`crate::pool::raw`] the upstream login, [`cancel`] the cancel keys,
+//! [`wire`] the protocol messages.
 
 pub mod cancel;
 pub mod forward;

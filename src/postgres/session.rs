@@ -2,8 +2,9 @@
 //! startup (SSL and GSS requests answered `N`, cancel requests handed to [`super::cancel`]),
 //! the peer checked against the target's allow-lists, a place among the target's sessions
 //! (`pool.max_size`, FIFO, `checkout_timeout`), a server connection of the current generation
-//! logged in with its credentials ([`super::server`]), the handshake the client expects, then
-//! [`super::forward`] until one side ends or the generation's drain deadline passes.
+//! logged in with its credentials ([`crate::pool::raw`]), the handshake the client expects, then
+//! [`super::forward`] until one side ends or the generation's drain deadline passes. A target in
+//! transaction mode goes to [`super::transaction`] once the peer is checked.
 
 use std::sync::Arc;
 use std::time::Instant;

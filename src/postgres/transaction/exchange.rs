@@ -66,6 +66,7 @@ pub struct Client {
     /// The last unnamed `Parse`, to prepare again on another connection, and how many the
     /// client has sent.
     unnamed: Option<Bytes>,
+    unnamed_scan: Option<Scan>,
     unnamed_seq: u64,
     /// The reported parameters as the client has seen them, and which of them it set.
     pub values: Values,
@@ -93,6 +94,7 @@ impl Client {
             max_statement_bytes,
             max_prepared,
             unnamed: None,
+            unnamed_scan: None,
             unnamed_seq: 0,
             values,
             owned: Owned::default(),
@@ -210,8 +212,13 @@ impl Client {
         self.unsynced = true;
         let (name, rest) = cstr(&m[5..]);
         if name.is_empty() {
-            self.apply(super::scan::scan(cstr(rest).0));
-            self.unnamed = Some(Bytes::copy_from_slice(m));
+            // Drivers send the same unnamed Parse again and again: scanned once.
+            let again = self.unnamed.as_deref() == Some(m) && self.unnamed_scan.is_some();
+            if !again {
+                self.unnamed_scan = Some(super::scan::scan(cstr(rest).0));
+                self.unnamed = Some(Bytes::copy_from_slice(m));
+            }
+            self.apply(self.unnamed_scan.expect("set just now or before"));
             self.unnamed_seq += 1;
             server.unnamed = Some((self.id, self.unnamed_seq));
             out.put_slice(m);
@@ -283,6 +290,7 @@ impl Client {
             match statement {
                 None => {
                     self.unnamed = Some(Bytes::copy_from_slice(m));
+                    self.unnamed_scan = None;
                     self.unnamed_seq += 1;
                     back.put_slice(&[b'1', 0, 0, 0, 4]);
                 }

@@ -29,7 +29,7 @@ use super::wire;
 use super::Frontend;
 use crate::config::access::Peer;
 use crate::listen::ReadInterestStream;
-use crate::metrics::SessionMetrics;
+use crate::metrics::{CheckoutMetrics, SessionMetrics};
 use crate::pool::raw::{self, QuietError};
 use crate::targets::generation::SessionGuard;
 use crate::targets::TargetHandle;
@@ -57,6 +57,9 @@ struct Session<'a> {
     params: Params,
     client: Client,
     metrics: SessionMetrics,
+    checkouts: CheckoutMetrics,
+    /// The target's pool of lent connections (asked for again if the target was retired).
+    pool: Arc<servers::TargetPool>,
 }
 
 /// What woke a session holding a connection.
@@ -113,6 +116,8 @@ pub(super) async fn serve(
             settings.max_message_bytes,
         ),
         metrics: fe.metrics.postgres_session(&name),
+        checkouts: fe.metrics.postgres_checkout(&name),
+        pool: fe.pools.target(&name),
         target,
     };
 
@@ -207,11 +212,14 @@ impl Session<'_> {
         loop {
             let guard = join_current(&self.target)?;
             let generation = guard.generation().clone();
-            let pool = self.fe.pools.target(&self.name);
+            if self.pool.is_retired() {
+                self.pool = self.fe.pools.target(&self.name);
+            }
             let mut close = Vec::new();
             let grant = {
-                let _waiting = self.fe.metrics.postgres_waiting(&self.name);
-                pool.checkout(generation.id, &self.params, max_size, deadline, &mut close)
+                let _waiting = self.checkouts.waiting();
+                self.pool
+                    .checkout(generation.id, &self.params, max_size, deadline, &mut close)
                     .await
             };
             super::close(close.into_iter().map(|s| s.conn).collect()).await;
@@ -246,7 +254,7 @@ impl Session<'_> {
                     }
                 }
             };
-            self.fe.metrics.postgres_wait(&self.name, waited.elapsed());
+            self.checkouts.waited(waited.elapsed());
             let ending = generation.sessions.ending();
             let mut held = Held {
                 server,
@@ -292,9 +300,8 @@ impl Session<'_> {
             }
         }
         self.client.returned();
-        let pool = self.fe.pools.target(&self.name);
         let Held { server, guard, .. } = held;
-        if let Some(mut closing) = pool.give_back(server, keep) {
+        if let Some(mut closing) = self.pool.give_back(server, keep) {
             raw::terminate(&mut closing.conn.stream).await;
         }
         drop(guard);

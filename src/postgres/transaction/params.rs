@@ -31,9 +31,14 @@ pub fn tracked_name(name: &[u8]) -> Option<&'static str> {
         .copied()
 }
 
-/// Values of reported parameters, as a server connection has them or a client should see them.
+/// Values of reported parameters, as a server connection has them or a client should see them:
+/// the tracked ones by their place in [`TRACKED`] (compared at every checkout), the others in
+/// arrival order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Values(Vec<(String, String)>);
+pub struct Values {
+    tracked: [Option<Box<str>>; 7],
+    others: Vec<(String, String)>,
+}
 
 impl Values {
     /// From the `ParameterStatus` messages a server sent at login.
@@ -64,23 +69,38 @@ impl Values {
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.iter_mut().find(|(n, _)| n == name) {
+        if let Some(i) = position(name.as_bytes()) {
+            if self.tracked[i].as_deref() != Some(value) {
+                self.tracked[i] = Some(value.into());
+            }
+            return;
+        }
+        match self.others.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) if v == value => {}
             Some((_, v)) => *v = value.to_string(),
-            None => self.0.push((name.to_string(), value.to_string())),
+            None => self.others.push((name.to_string(), value.to_string())),
         }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        match position(name.as_bytes()) {
+            Some(i) => self.tracked[i].as_deref(),
+            None => self
+                .others
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str()),
+        }
     }
 
     /// `ParameterStatus` messages for every value (the client's greeting).
     pub fn write_status(&self, buf: &mut BytesMut) {
-        for (name, value) in &self.0 {
+        let tracked = TRACKED
+            .iter()
+            .zip(&self.tracked)
+            .filter_map(|(n, v)| Some((*n, v.as_deref()?)));
+        let others = self.others.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        for (name, value) in tracked.chain(others) {
             let len = 4 + name.len() + 1 + value.len() + 1;
             buf.put_u8(b'S');
             buf.put_u32(len as u32);
@@ -96,21 +116,29 @@ impl Values {
     /// set (`owned`), the login's for the others (so nothing another client set shows, and the
     /// generation's `application_name` stays); `None` when they agree already.
     pub fn sync_from(&self, server: &Values, login: &Values, owned: &Owned) -> Option<String> {
-        let mut sql = String::new();
+        let mut sql: Option<String> = None;
         for (i, name) in TRACKED.iter().enumerate() {
             let want = if owned.0 & (1 << i) != 0 {
-                self.get(name)
+                &self.tracked[i]
             } else {
-                login.get(name)
+                &login.tracked[i]
             };
             if let Some(want) = want {
-                if server.get(name) != Some(want) {
+                if server.tracked[i].as_deref() != Some(want) {
+                    let sql = sql.get_or_insert_with(String::new);
                     sql.push_str(&format!("SET {name} TO {};", literal(want)));
                 }
             }
         }
-        (!sql.is_empty()).then_some(sql)
+        sql
     }
+}
+
+/// The place of a tracked parameter in [`TRACKED`].
+fn position(name: &[u8]) -> Option<usize> {
+    TRACKED
+        .iter()
+        .position(|t| t.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// The tracked parameters a client has set (at startup, or with `SET` in a transaction).

@@ -49,7 +49,7 @@ pub struct Scan {
 /// Scans a statement text (one or more statements).
 pub fn scan(sql: &[u8]) -> Scan {
     let mut out = Scan::default();
-    let mut words: Vec<Word> = Vec::with_capacity(8);
+    let mut words: Vec<Word<'_>> = Vec::with_capacity(8);
     let mut lexer = Lexer { sql, at: 0 };
     loop {
         let token = lexer.next();
@@ -80,7 +80,7 @@ pub fn scan(sql: &[u8]) -> Scan {
                     }
                 }
                 if words.len() < 8 {
-                    words.push(Word(w.to_vec()));
+                    words.push(Word(w));
                 }
                 if words.len() == 3 {
                     statement_start(&words, &mut out);
@@ -88,7 +88,7 @@ pub fn scan(sql: &[u8]) -> Scan {
             }
             Token::Other => {
                 if words.len() < 8 {
-                    words.push(Word(Vec::new()));
+                    words.push(Word(&[]));
                 }
                 if words.len() == 3 {
                     statement_start(&words, &mut out);
@@ -108,8 +108,8 @@ pub fn scan(sql: &[u8]) -> Scan {
 }
 
 /// Rules on a statement's first words (up to three).
-fn statement_start(w: &[Word], out: &mut Scan) {
-    let at = |i: usize| w.get(i).map_or(&[][..], |x| x.0.as_slice());
+fn statement_start(w: &[Word<'_>], out: &mut Scan) {
+    let at = |i: usize| w.get(i).map_or(&[][..], |x| x.0);
     let first = at(0);
     if eq(first, b"prepare") {
         out.pin.get_or_insert(Pin::Prepare);
@@ -142,11 +142,11 @@ fn eq(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-struct Word(Vec<u8>);
+struct Word<'a>(&'a [u8]);
 
-impl Word {
+impl Word<'_> {
     fn is(&self, w: &[u8]) -> bool {
-        eq(&self.0, w)
+        eq(self.0, w)
     }
 }
 

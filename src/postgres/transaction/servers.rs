@@ -6,6 +6,7 @@
 //! only to clients that asked for the same ones.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,8 @@ impl Drop for Slot {
 /// One target's connections.
 pub struct TargetPool {
     state: Mutex<State>,
+    /// The target is gone: everything given back closes, and sessions fetch the new pool.
+    retired: AtomicBool,
 }
 
 #[derive(Default)]
@@ -94,8 +97,6 @@ struct State {
     open: usize,
     idle: Vec<Box<Server>>,
     waiters: VecDeque<Waiter>,
-    /// The target is gone: everything given back closes.
-    retired: bool,
 }
 
 struct Waiter {
@@ -111,6 +112,7 @@ impl TargetPool {
     fn new() -> Arc<TargetPool> {
         Arc::new(TargetPool {
             state: Mutex::new(State::default()),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -174,7 +176,7 @@ impl TargetPool {
     /// closed comes back.
     pub fn give_back(&self, mut server: Box<Server>, keep: bool) -> Option<Box<Server>> {
         let mut state = self.state.lock().expect("never poisoned");
-        if !keep || state.retired || server.generation != state.generation {
+        if !keep || self.is_retired() || server.generation != state.generation {
             drop(state);
             return Some(server);
         }
@@ -249,8 +251,13 @@ impl TargetPool {
     /// The target is gone: its idle connections come out, and those lent close when given back.
     fn retire_all(&self) -> Vec<Box<Server>> {
         let mut state = self.state.lock().expect("never poisoned");
-        state.retired = true;
+        self.retired.store(true, Ordering::Release);
         state.idle.drain(..).collect()
+    }
+
+    /// Whether the target is gone (a session then asks [`Pools::target`] again).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Idle connections now.
