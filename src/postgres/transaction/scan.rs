@@ -242,9 +242,7 @@ impl<'a> Lexer<'a> {
         self.at += 1;
         while self.at < self.sql.len() {
             let c = self.peek(0);
-            if escapes && c == b'\\' {
-                self.at += 2;
-            } else if c == quote && self.peek(1) == quote {
+            if (escapes && c == b'\\') || (c == quote && self.peek(1) == quote) {
                 self.at += 2;
             } else if c == quote {
                 self.at += 1;

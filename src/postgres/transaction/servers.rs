@@ -5,6 +5,10 @@
 //! own login and the client parameters credswap does not track (`options`, ...), and are lent
 //! only to clients that asked for the same ones.
 
+// Connections are boxed: they move between sessions, the idle list and waiters' channels,
+// and a `Server` is large.
+#![allow(clippy::vec_box)]
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
