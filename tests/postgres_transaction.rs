@@ -706,3 +706,55 @@ where
     assert_eq!(ended, 0, "no session was ended by a rotation");
     support::assert_no_canary("daemon log", &s.daemon.log());
 }
+
+/// At an old generation's drain deadline a statement still running on it is cancelled, as the
+/// HTTP API's are; a pinned client follows session-mode rules and is ended at its idle point;
+/// the others never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_cancels_statements_and_ends_pinned_clients() {
+    let s = setup(&format!(
+        "drain_timeout = \"1s\"\n{}",
+        transaction_target(4)
+    ))
+    .await;
+    let sleeper = s.client("app").await.unwrap();
+    let pinned = s.client("app").await.unwrap();
+    let free = s.client("app").await.unwrap();
+    pinned.batch_execute("LISTEN jobs").await.unwrap();
+    let long = tokio::spawn(async move {
+        sleeper
+            .simple_query("SELECT pg_sleep(60)")
+            .await
+            .map(|_| ())
+    });
+    until("the sleep is running", || async {
+        s.db.admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    let rotated = Instant::now();
+    rotate_to(&s, "app_next").await;
+    let e = long.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+    assert!(rotated.elapsed() < Duration::from_secs(10));
+    until("the pinned client is ended", || async {
+        s.daemon.metrics().await.contains(
+            "credswap_postgres_sessions_ended_total{target=\"app\",reason=\"ended_at_idle\"} 1",
+        )
+    })
+    .await;
+    assert!(pinned.simple_query("SELECT 1").await.is_err());
+    assert_eq!(simple_one(&free, "SELECT current_user").await, "app_next");
+}

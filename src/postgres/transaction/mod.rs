@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use self::exchange::Client;
 use self::params::{tracked_name, Values};
@@ -45,8 +44,11 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(2);
 struct Held {
     server: Box<Server>,
     guard: SessionGuard,
-    ending: watch::Receiver<bool>,
-    cancelled: bool,
+    /// Resolves at the drain deadline of the connection's generation. Made once per checkout:
+    /// waiting on the `watch` afresh at every wake-up registered and removed a waiter each
+    /// time (3 % of the daemon's instructions per transaction).
+    ending: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    past_deadline: bool,
 }
 
 /// One transaction-mode client, after its target and peer were checked.
@@ -255,12 +257,15 @@ impl Session<'_> {
                 }
             };
             self.checkouts.waited(waited.elapsed());
-            let ending = generation.sessions.ending();
+            let mut deadline_rx = generation.sessions.ending();
+            let ending = Box::pin(async move {
+                let _ = deadline_rx.wait_for(|e| *e).await;
+            });
             let mut held = Held {
                 server,
                 guard,
                 ending,
-                cancelled: false,
+                past_deadline: false,
             };
             let sync = self.client.values.sync_from(
                 &held.server.values,
@@ -446,7 +451,7 @@ impl Session<'_> {
                 && self.client.status == b'I'
                 && !self.client.owed()
                 && streaming == 0
-                && (*h.ending.borrow() || self.fe.shutdown.is_fired())
+                && (h.past_deadline || self.fe.shutdown.is_fired())
             {
                 let h = held.take().expect("held");
                 self.give_back(h, false).await;
@@ -456,8 +461,7 @@ impl Session<'_> {
             let event = tokio::select! {
                 r = stream.read(&mut chunk) => Event::Client(r),
                 r = h.server.conn.stream.read(&mut schunk) => Event::Server(r),
-                _ = h.ending.wait_for(|e| *e), if !h.cancelled && !*h.ending.borrow() => Event::Wake,
-                _ = async {}, if !h.cancelled && *h.ending.borrow() && self.client.pinned.is_none() => Event::Deadline,
+                _ = &mut h.ending, if !h.past_deadline => Event::Deadline,
                 _ = shutdown.wait(), if self.client.pinned.is_some() => Event::Wake,
             };
             match event {
@@ -509,11 +513,14 @@ impl Session<'_> {
                 }
                 Event::Deadline => {
                     // The drain deadline of this transaction's generation passed: its statement
-                    // is cancelled, as the HTTP API's are.
+                    // is cancelled, as the HTTP API's are (a pinned client is ended at its next
+                    // idle point instead, above).
                     let h = held.as_mut().expect("held");
-                    h.cancelled = true;
-                    if let Err(e) = raw::cancel(&h.server.conn.key).await {
-                        tracing::warn!(target_name = %self.name, error = %e, "could not cancel a statement at the drain deadline");
+                    h.past_deadline = true;
+                    if self.client.pinned.is_none() {
+                        if let Err(e) = raw::cancel(&h.server.conn.key).await {
+                            tracing::warn!(target_name = %self.name, error = %e, "could not cancel a statement at the drain deadline");
+                        }
                     }
                 }
                 Event::Wake => {}
