@@ -25,9 +25,9 @@ fn run(what: &str, mut cmd: Command, socket_dir: &Path) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_pg() {
-    let s = setup("").await;
+/// node-pg's checks against target `app` set up with `extra_target`.
+async fn node_pg_with(extra_target: &str) {
+    let s = setup(extra_target).await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
     assert!(
         dir.join("node_modules/pg").exists(),
@@ -39,9 +39,9 @@ async fn node_pg() {
     assert!(out.contains("query ok, user app"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg() {
-    let s = setup("").await;
+/// psycopg's checks against target `app` set up with `extra_target`.
+async fn psycopg_with(extra_target: &str) {
+    let s = setup(extra_target).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     assert!(python.exists(), "the venv is missing: run dev/setup");
@@ -51,25 +51,26 @@ async fn psycopg() {
     assert!(out.contains("query ok, user app"), "{out}");
 }
 
-/// The same checks with the target in transaction mode on two server connections: the scripts'
-/// temporary table pins their session, LISTEN pins the listener, the rest moves between
-/// connections.
+/// In transaction mode (on three server connections) the scripts' temporary table pins their
+/// session, LISTEN pins the listener, and the rest moves between connections.
+const TRANSACTION_MODE: &str = "pool_mode = \"transaction\"\npool = { max_size = 3 }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pg() {
+    node_pg_with("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg() {
+    psycopg_with("").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pg_in_transaction_mode() {
-    let s = setup("pool_mode = \"transaction\"\npool = { max_size = 3 }").await;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
-    let mut cmd = Command::new("node");
-    cmd.arg(dir.join("node_pg.js")).current_dir(&dir);
-    let out = run("node-pg", cmd, s.socket_dir());
-    assert!(out.contains("query ok, user app"), "{out}");
+    node_pg_with(TRANSACTION_MODE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_in_transaction_mode() {
-    let s = setup("pool_mode = \"transaction\"\npool = { max_size = 3 }").await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = Command::new(root.join(".venv/bin/python"));
-    cmd.arg(root.join("tests/drivers/psycopg_check.py"));
-    let out = run("psycopg", cmd, s.socket_dir());
-    assert!(out.contains("query ok, user app"), "{out}");
+    psycopg_with(TRANSACTION_MODE).await;
 }

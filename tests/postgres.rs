@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use support::frontend::setup;
+use support::frontend::{setup, until};
 use tokio_postgres::NoTls;
 
 fn psql(dir: &Path, db: &str, sql: &str, as_user: Option<&str>) -> (i32, String, String) {
@@ -279,28 +279,8 @@ async fn sessions_beyond_max_size_wait_then_get_53300() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_rotations_under_load() {
     let s = setup("drain_timeout = \"1s\"").await;
-    s.db.create_role("app_b", "b-0").await;
-    s.db.admin()
-        .await
-        .batch_execute(
-            "GRANT ALL ON SCHEMA public TO app_b; CREATE TABLE public.ledger (x int); \
-             GRANT ALL ON public.ledger TO app, app_b",
-        )
-        .await
-        .unwrap();
-    rotations_under_load(&s, 50, |i| {
-        let s = &s;
-        async move {
-            let (role, password) = if i % 2 == 1 {
-                ("app_b", format!("b-{i}"))
-            } else {
-                ("app", format!("a-{i}"))
-            };
-            s.db.set_password(role, &password).await;
-            support::credentials_file(s.dir.path(), "app.json", role, &password);
-        }
-    })
-    .await;
+    support::frontend::two_roles_and_a_ledger(&s).await;
+    rotations_under_load(&s, 50, |i| support::frontend::rotate_password(&s, i)).await;
 }
 
 /// 50 rotations with Vault dynamic users (a new login role per rotation, made by OpenBao's
@@ -308,35 +288,7 @@ async fn fifty_rotations_under_load() {
 /// same guarantees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_vault_dynamic_rotations_under_load() {
-    let db = support::pg::Cluster::start_tls();
-    db.admin()
-        .await
-        .batch_execute("CREATE TABLE public.ledger (x int)")
-        .await
-        .unwrap();
-    let bao = support::servers::Bao::start();
-    bao.database_engine(&db, "10m", &["GRANT ALL ON public.ledger TO \"{{name}}\";"])
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let token = support::write_private(dir.path(), "token", support::servers::BAO_ROOT_TOKEN);
-    let source = format!(
-        "{{ kind = \"vault\", address = \"{}\", engine = \"database\", role = \"dyn\", auth = {{ method = \"token\", token_file = \"{}\" }} }}",
-        bao.address(),
-        token.display()
-    );
-    let config = format!(
-        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
-        dir.path().display(),
-        support::frontend::target_with(&db, "app", &source, "drain_timeout = \"1s\"")
-    );
-    let daemon = support::daemon::Daemon::start(&config, "").await;
-    daemon.wait_ready().await;
-    let s = support::frontend::Setup { db, dir, daemon };
+    let (s, _bao) = support::frontend::vault_dynamic("drain_timeout = \"1s\"").await;
     rotations_under_load(&s, 50, |_| {
         let s = &s;
         async move {
@@ -347,17 +299,7 @@ async fn fifty_vault_dynamic_rotations_under_load() {
     .await;
     // Every rotation made its own user; the drained generations' leases were revoked (their
     // users dropped), so only the last few remain.
-    let users: i64 = s
-        .db
-        .admin()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname NOT IN ('postgres', 'vaultadmin')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let users = s.login_roles().await;
     assert!(
         (1..=5).contains(&users),
         "{users} dynamic users of 51 remain: old leases were not revoked"
@@ -560,18 +502,6 @@ async fn idle_servers(s: &support::frontend::Setup, target: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Waits (at most 10 s) until `condition` holds, checking it after every yield.
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut condition: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
     c.query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -580,16 +510,7 @@ async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
 }
 
 async fn backend_alive(s: &support::frontend::Setup, pid: i32) -> bool {
-    s.db.admin()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-            &[&pid],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 1
+    s.count_sessions(&format!("pid = {pid}")).await == 1
 }
 
 /// Session pooling: a client that leaves between transactions leaves its server connection,

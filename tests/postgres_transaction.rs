@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::frontend::{setup, Setup};
+use support::frontend::{setup, until, Setup};
 
 /// A target in transaction mode with `max_size` server connections.
 fn transaction_target(max_size: u32) -> String {
@@ -35,19 +35,6 @@ fn pgbench(dir: &Path, args: &[&str]) -> String {
     text
 }
 
-/// Server sessions with this `application_name`, as PostgreSQL counts them.
-async fn server_sessions(s: &Setup, application_name: &str) -> i64 {
-    s.db.admin()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-            &[&application_name],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// 64 pgbench clients on 8 server connections, in each query mode: every transaction done,
 /// none failed, and never more than 8 server sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +54,7 @@ async fn pgbench_64_clients_share_8_server_connections_in_every_query_mode() {
             out.contains("number of failed transactions: 0"),
             "{mode}:\n{out}"
         );
-        let n = server_sessions(&s, "pgbench").await;
+        let n = s.count_sessions("application_name = 'pgbench'").await;
         assert!(n <= 8, "{mode}: {n} server sessions for 64 clients");
     }
     support::assert_no_canary("daemon log", &s.daemon.log());
@@ -81,18 +68,6 @@ async fn simple_one(c: &tokio_postgres::Client, sql: &str) -> String {
             _ => None,
         })
         .expect("a row")
-}
-
-/// Waits (at most 10 s) until `condition` holds.
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut condition: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Rotates target `app` to a new role (granted what `app` has) and waits for the swap.
@@ -156,8 +131,14 @@ async fn prepared_statements_follow_their_client() {
         .parse()
         .unwrap();
     assert!(kept <= 2, "{kept} statements kept on the connection");
-    // Closed by A (the Statement dropped): B's statements are untouched.
+    // A closes its statements (the Statements dropped): B's, one of them the same text and so
+    // the same server statement, are untouched.
+    let twice = b.prepare("SELECT $1::int * 2").await.unwrap();
     drop(more);
+    assert_eq!(
+        b.query_one(&twice, &[&10]).await.unwrap().get::<_, i32>(0),
+        20
+    );
     assert_eq!(
         b.query_one(&suffix, &[&"y"])
             .await
@@ -284,18 +265,7 @@ async fn session_state_pins_the_client() {
         let pid: i32 = pid.parse().unwrap();
         until(
             &format!("{reason}: the pinned connection closes"),
-            || async {
-                s.db.admin()
-                    .await
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                        &[&pid],
-                    )
-                    .await
-                    .unwrap()
-                    .get::<_, i64>(0)
-                    == 0
-            },
+            || async { s.count_sessions(&format!("pid = {pid}")).await == 0 },
         )
         .await;
     }
@@ -376,7 +346,9 @@ async fn cancels_and_abandoned_transactions() {
     let sleeper =
         tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
     until("the sleep is running", || async {
-        s.db.admin().await.query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'", &[]).await.unwrap().get::<_, i64>(0) == 1
+        s.count_sessions("query = 'SELECT pg_sleep(30)' AND state = 'active'")
+            .await
+            == 1
     })
     .await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
@@ -394,16 +366,7 @@ async fn cancels_and_abandoned_transactions() {
     drop(b);
     let c = s.client("app").await.unwrap();
     until("the abandoned transaction is gone", || async {
-        s.db.admin()
-            .await
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
+        s.count_sessions("state = 'idle in transaction'").await == 0
     })
     .await;
     assert_eq!(
@@ -420,68 +383,19 @@ async fn fifty_password_rotations_in_transaction_mode() {
         transaction_target(8)
     ))
     .await;
-    s.db.create_role("app_b", "b-0").await;
-    s.db.admin()
-        .await
-        .batch_execute(
-            "GRANT ALL ON SCHEMA public TO app_b; CREATE TABLE public.ledger (x int); \
-             GRANT ALL ON public.ledger TO app, app_b",
-        )
-        .await
-        .unwrap();
-    rotations_in_transaction_mode(&s, 50, |i| {
-        let s = &s;
-        async move {
-            let (role, password) = if i % 2 == 1 {
-                ("app_b", format!("b-{i}"))
-            } else {
-                ("app", format!("a-{i}"))
-            };
-            s.db.set_password(role, &password).await;
-            support::credentials_file(s.dir.path(), "app.json", role, &password);
-        }
-    })
-    .await;
+    support::frontend::two_roles_and_a_ledger(&s).await;
+    rotations_in_transaction_mode(&s, 50, |i| support::frontend::rotate_password(&s, i)).await;
 }
 
 /// 50 rotations to new Vault dynamic users under the same load; old leases are revoked once
 /// their generations drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_vault_dynamic_rotations_in_transaction_mode() {
-    let db = support::pg::Cluster::start_tls();
-    db.admin()
-        .await
-        .batch_execute("CREATE TABLE public.ledger (x int)")
-        .await
-        .unwrap();
-    let bao = support::servers::Bao::start();
-    bao.database_engine(&db, "10m", &["GRANT ALL ON public.ledger TO \"{{name}}\";"])
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let token = support::write_private(dir.path(), "token", support::servers::BAO_ROOT_TOKEN);
-    let source = format!(
-        "{{ kind = \"vault\", address = \"{}\", engine = \"database\", role = \"dyn\", auth = {{ method = \"token\", token_file = \"{}\" }} }}",
-        bao.address(),
-        token.display()
-    );
-    let config = format!(
-        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
-        dir.path().display(),
-        support::frontend::target_with(
-            &db,
-            "app",
-            &source,
-            &format!("drain_timeout = \"30s\"\n{}", transaction_target(8))
-        )
-    );
-    let daemon = support::daemon::Daemon::start(&config, "").await;
-    daemon.wait_ready().await;
-    let s = Setup { db, dir, daemon };
+    let (s, _bao) = support::frontend::vault_dynamic(&format!(
+        "drain_timeout = \"30s\"\n{}",
+        transaction_target(8)
+    ))
+    .await;
     rotations_in_transaction_mode(&s, 50, |_| {
         let s = &s;
         async move {
@@ -490,17 +404,7 @@ async fn fifty_vault_dynamic_rotations_in_transaction_mode() {
         }
     })
     .await;
-    let users: i64 = s
-        .db
-        .admin()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname NOT IN ('postgres', 'vaultadmin')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let users = s.login_roles().await;
     assert!(
         (1..=3).contains(&users),
         "{users} dynamic users of 51 remain"
@@ -728,15 +632,8 @@ async fn the_drain_deadline_cancels_statements_and_ends_pinned_clients() {
             .map(|_| ())
     });
     until("the sleep is running", || async {
-        s.db.admin()
+        s.count_sessions("query = 'SELECT pg_sleep(60)' AND state = 'active'")
             .await
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
             == 1
     })
     .await;

@@ -337,15 +337,7 @@ async fn connect_host(
             }
             backend::Message::NoticeResponse(_) => {}
             backend::Message::ErrorResponse(body) => {
-                let (mut code, mut message) = (String::new(), String::new());
-                let mut fields = body.fields();
-                while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
-                    match f.type_() {
-                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        _ => {}
-                    }
-                }
+                let (code, message) = error_fields(&body);
                 return Err(ServerError::Refused {
                     code,
                     message,
@@ -440,28 +432,21 @@ pub async fn cancel(key: &ServerKey) -> Result<(), ServerError> {
 /// prepared statements, cursors, listens and advisory locks gone. True only for a clean, idle
 /// answer within `within` and nothing after it; anything else means the connection is closed.
 pub async fn reset(conn: &mut ServerConnection, within: Duration) -> bool {
-    let work = async {
-        let mut buf = BytesMut::new();
-        frontend::query("DISCARD ALL", &mut buf)?;
-        conn.stream.write_all(&buf).await?;
-        let mut read = BytesMut::new();
-        let mut failed = false;
-        loop {
-            let (_, message) = next_message(&mut conn.stream, &mut read).await?;
-            match message? {
-                backend::Message::ErrorResponse(_) => failed = true,
-                backend::Message::ReadyForQuery(r) => {
-                    return Ok::<_, std::io::Error>(
-                        !failed && r.status() == b'I' && read.is_empty(),
-                    )
-                }
-                // CommandComplete, ParameterStatus (back to the login's values), notices, and
-                // notifications that arrived before the UNLISTEN.
-                _ => {}
-            }
+    run_quietly(conn, "DISCARD ALL", within).await.is_ok()
+}
+
+/// An `ErrorResponse`'s SQLSTATE and message.
+fn error_fields(body: &backend::ErrorResponseBody) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
         }
-    };
-    matches!(tokio::time::timeout(within, work).await, Ok(Ok(true)))
+    }
+    (code, message)
 }
 
 /// Why a statement credswap ran for itself failed.
@@ -492,15 +477,7 @@ pub async fn run_quietly(
             let (_, message) = next_message(&mut conn.stream, &mut read).await?;
             match message? {
                 backend::Message::ErrorResponse(body) => {
-                    let (mut code, mut message) = (String::new(), String::new());
-                    let mut fields = body.fields();
-                    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
-                        match f.type_() {
-                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            _ => {}
-                        }
-                    }
+                    let (code, message) = error_fields(&body);
                     failed = Some(QuietError::Server { code, message });
                 }
                 backend::Message::ParameterStatus(p) => {
@@ -515,6 +492,7 @@ pub async fn run_quietly(
                         None => Err(QuietError::Broken),
                     })
                 }
+                // CommandComplete, notices, and notifications that arrived before an UNLISTEN.
                 _ => {}
             }
         }

@@ -23,14 +23,19 @@ use crate::pool::raw::{self as server, ServerError};
 use crate::targets::generation::SessionGuard;
 use crate::targets::TargetHandle;
 
-/// What ended a session before it began, as the client is told: SQLSTATE and message, or the
-/// server's own error to pass on as it is.
+/// What ended a session before it began (or, in transaction mode, a checkout), and the reason
+/// for the metric: `refused`, `no_generation`, `exhausted`, `server_login`, ...
 pub(super) struct Refusal {
-    pub code: String,
-    pub message: String,
-    /// For the metric: `refused`, `no_generation`, `exhausted`, `server`, ...
     pub reason: &'static str,
-    pub frame: Option<bytes::Bytes>,
+    pub told: Told,
+}
+
+/// What the client is told.
+pub(super) enum Told {
+    /// credswap's own error: SQLSTATE and message.
+    Ours { code: String, message: String },
+    /// The server's own `ErrorResponse` (a login refused for a parameter), passed on as it is.
+    Server(bytes::Bytes),
 }
 
 pub(super) fn refusal(
@@ -39,10 +44,11 @@ pub(super) fn refusal(
     message: impl Into<String>,
 ) -> Refusal {
     Refusal {
-        code: code.to_string(),
-        message: message.into(),
         reason,
-        frame: None,
+        told: Told::Ours {
+            code: code.to_string(),
+            message: message.into(),
+        },
     }
 }
 
@@ -50,20 +56,22 @@ impl Refusal {
     /// The server refused a value of the client's (its SQLSTATE and message).
     pub(super) fn server(code: String, message: String) -> Refusal {
         Refusal {
-            code,
-            message,
             reason: "server_refused",
-            frame: None,
+            told: Told::Ours { code, message },
         }
     }
 
-    /// The server's own error frame, passed on as it is.
-    pub(super) fn frame(frame: bytes::Bytes) -> Refusal {
-        Refusal {
-            code: String::new(),
-            message: String::new(),
-            reason: "server_refused",
-            frame: Some(frame),
+    /// Ends the session with it.
+    pub(super) async fn tell(&self, stream: &mut ReadInterestStream) {
+        match &self.told {
+            Told::Server(frame) => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = stream.write_all(frame).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            }
+            Told::Ours { code, message } => fatal(stream, code, message).await,
         }
     }
 }
@@ -135,13 +143,7 @@ pub async fn serve(conn: UnixConn, fe: Arc<Frontend>) {
         Err(r) => {
             fe.metrics
                 .postgres_ended(&database_label(&fe, &database), r.reason);
-            match &r.frame {
-                Some(frame) => {
-                    let _ = stream.write_all(frame).await;
-                    let _ = stream.shutdown().await;
-                }
-                None => fatal(&mut stream, &r.code, &r.message).await,
-            }
+            r.tell(&mut stream).await;
         }
     }
 }
@@ -275,29 +277,13 @@ async fn begin(
         }
         match server::connect(generation.pool.plan(), &params).await {
             Ok(server) => break (guard, Ok(server)),
-            Err(e)
-                if e.is_auth()
-                    && Instant::now() < connect_by
-                    && target.current().is_some_and(|now| now.id != generation.id) =>
-            {
-                continue
-            }
+            Err(e) if moved_on(&e, connect_by, &target, generation.id) => continue,
             Err(e) => break (guard, Err(server_refusal(&target, e))),
         }
     };
     let generation = guard.generation().clone();
     fe.metrics.postgres_wait(&name, waited.elapsed());
-    let mut server = match server {
-        Ok(s) => s,
-        Err(Err(frame)) => {
-            // The server's own error (a parameter it refuses): forwarded as it is.
-            let _ = stream.write_all(&frame).await;
-            let _ = stream.shutdown().await;
-            fe.metrics.postgres_ended(&name, "server_refused");
-            return Ok(());
-        }
-        Err(Ok(r)) => return Err(r),
-    };
+    let mut server = server?;
 
     let key = fe
         .cancels
@@ -459,28 +445,39 @@ fn authorize(
     ))
 }
 
-/// A failed server connection: the server's own refusal (`Err`, to forward), or ours (`Ok`).
-pub(super) fn server_refusal(
+/// A login refused because the credentials rotated meanwhile (a generation newer than
+/// `generation` is current, and there is time until `by`): the caller moves on to the newer one.
+pub(super) fn moved_on(
+    e: &ServerError,
+    by: Instant,
     target: &TargetHandle,
-    e: ServerError,
-) -> Result<Refusal, bytes::Bytes> {
+    generation: u64,
+) -> bool {
+    e.is_auth() && Instant::now() < by && target.current().is_some_and(|now| now.id != generation)
+}
+
+/// A failed server connection, as the client is told: the server's own refusal or ours.
+pub(super) fn server_refusal(target: &TargetHandle, e: ServerError) -> Refusal {
     if e.is_auth() {
         target.report_auth_failure();
-        return Ok(refusal(
+        return refusal(
             "08006",
             "server_login",
             format!(
                 "credswap could not log in to the server of target \"{}\" with the current credentials; it is fetching new ones, retry shortly",
                 target.name()
             ),
-        ));
+        );
     }
     match e {
-        ServerError::Refused { frame, .. } => Err(frame),
-        other => Ok(refusal(
+        ServerError::Refused { frame, .. } => Refusal {
+            reason: "server_refused",
+            told: Told::Server(frame),
+        },
+        other => refusal(
             "08006",
             "server_unreachable",
             format!("credswap: no server connection: {other}"),
-        )),
+        ),
     }
 }

@@ -107,7 +107,8 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, StartupError> {
     }
 }
 
-fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+/// Writes one message: `tag`, its length, and the body `body` writes.
+pub(crate) fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf.put_u8(tag);
     let at = buf.len();
     buf.put_i32(0);
@@ -152,29 +153,23 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, unknown: &[&str]) {
     });
 }
 
-/// A `FATAL` `ErrorResponse` made by credswap: SQLSTATE and message (never a secret). Every
-/// error credswap itself sends ends the session; statement errors come from the server.
+/// A `FATAL` `ErrorResponse` made by credswap: SQLSTATE and message (never a secret). It ends
+/// the session.
 pub fn fatal_response(buf: &mut BytesMut, code: &str, text: &str) {
-    message(buf, b'E', |b| {
-        b.put_u8(b'S');
-        cstr(b, "FATAL");
-        b.put_u8(b'V');
-        cstr(b, "FATAL");
-        b.put_u8(b'C');
-        cstr(b, code);
-        b.put_u8(b'M');
-        cstr(b, text);
-        b.put_u8(0);
-    });
+    error_with(buf, "FATAL", code, text);
 }
 
 /// An `ERROR` `ErrorResponse` made by credswap for one request (the session goes on).
 pub fn error_response(buf: &mut BytesMut, code: &str, text: &str) {
+    error_with(buf, "ERROR", code, text);
+}
+
+fn error_with(buf: &mut BytesMut, severity: &str, code: &str, text: &str) {
     message(buf, b'E', |b| {
         b.put_u8(b'S');
-        cstr(b, "ERROR");
+        cstr(b, severity);
         b.put_u8(b'V');
-        cstr(b, "ERROR");
+        cstr(b, severity);
         b.put_u8(b'C');
         cstr(b, code);
         b.put_u8(b'M');

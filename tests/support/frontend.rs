@@ -82,3 +82,104 @@ pub async fn setup_with(extra_postgres: &str, extra_target: &str) -> Setup {
     daemon.wait_ready().await;
     Setup { db, dir, daemon }
 }
+
+impl Setup {
+    /// Server sessions in `pg_stat_activity` matching the SQL `condition`.
+    pub async fn count_sessions(&self, condition: &str) -> i64 {
+        self.db
+            .admin()
+            .await
+            .query_one(
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE {condition}"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Login roles other than the cluster's and OpenBao's admin (Vault's dynamic users).
+    pub async fn login_roles(&self) -> i64 {
+        self.db
+            .admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_roles WHERE rolcanlogin AND rolname NOT IN ('postgres', 'vaultadmin')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// Waits (at most 10 s) until `condition` holds, checking it every 20 ms.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// For password rotations between two roles: `app_b` beside `app`, and `public.ledger` both
+/// may write.
+pub async fn two_roles_and_a_ledger(s: &Setup) {
+    s.db.create_role("app_b", "b-0").await;
+    s.db.admin()
+        .await
+        .batch_execute(
+            "GRANT ALL ON SCHEMA public TO app_b; CREATE TABLE public.ledger (x int); \
+             GRANT ALL ON public.ledger TO app, app_b",
+        )
+        .await
+        .unwrap();
+}
+
+/// Rotation `i` between the two roles of [`two_roles_and_a_ledger`]: a new password for one of
+/// them, alternately, and the secret file pointing at it.
+pub async fn rotate_password(s: &Setup, i: u64) {
+    let (role, password) = if i % 2 == 1 {
+        ("app_b", format!("b-{i}"))
+    } else {
+        ("app", format!("a-{i}"))
+    };
+    s.db.set_password(role, &password).await;
+    super::credentials_file(s.dir.path(), "app.json", role, &password);
+}
+
+/// A target `app` fed by OpenBao's database engine (a new login role per rotation, allowed to
+/// write `public.ledger`), with `extra` in its table. The OpenBao server must outlive the setup.
+pub async fn vault_dynamic(extra: &str) -> (Setup, super::servers::Bao) {
+    let db = Cluster::start_tls();
+    db.admin()
+        .await
+        .batch_execute("CREATE TABLE public.ledger (x int)")
+        .await
+        .unwrap();
+    let bao = super::servers::Bao::start();
+    bao.database_engine(&db, "10m", &["GRANT ALL ON public.ledger TO \"{{name}}\";"])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = super::write_private(dir.path(), "token", super::servers::BAO_ROOT_TOKEN);
+    let source = format!(
+        "{{ kind = \"vault\", address = \"{}\", engine = \"database\", role = \"dyn\", auth = {{ method = \"token\", token_file = \"{}\" }} }}",
+        bao.address(),
+        token.display()
+    );
+    let config = format!(
+        "[postgres]\nsocket_dir = \"{}\"\nsocket_mode = \"0666\"\n\n{}",
+        dir.path().display(),
+        target_with(&db, "app", &source, extra)
+    );
+    let daemon = Daemon::start(&config, "").await;
+    daemon.wait_ready().await;
+    (Setup { db, dir, daemon }, bao)
+}

@@ -134,42 +134,34 @@ impl Client {
         }
         let before = self.pinned;
         let result = match tag {
-            b'Q' => {
-                self.apply(super::scan::scan(cstr(body).0));
-                server.unnamed = None;
-                self.unnamed = None;
-                out.put_slice(m);
-                self.expect.push_back(Expect::Simple);
-                Ok(())
-            }
-            b'F' => {
-                out.put_slice(m);
-                self.expect.push_back(Expect::Simple);
-                Ok(())
-            }
             b'P' => self.parse(m, server, statements, out),
             b'B' => self.bind(m, server, out),
             b'D' => self.describe(m, server, out),
             b'C' => self.close(m, server, out),
-            b'E' => {
-                self.unsynced = true;
-                out.put_slice(m);
-                self.expect.push_back(Expect::Execute);
-                Ok(())
-            }
-            b'S' => {
-                self.unsynced = false;
-                self.skipping = false;
-                out.put_slice(m);
-                self.expect.push_back(Expect::Sync);
-                Ok(())
-            }
-            b'H' => {
-                out.put_slice(m);
-                Ok(())
-            }
             _ => {
+                let answer = match tag {
+                    b'Q' => {
+                        self.apply(super::scan::scan(cstr(body).0));
+                        // A simple query replaces the unnamed statement.
+                        server.unnamed = None;
+                        self.unnamed = None;
+                        Some(Expect::Simple)
+                    }
+                    b'F' => Some(Expect::Simple),
+                    b'E' => {
+                        self.unsynced = true;
+                        Some(Expect::Execute)
+                    }
+                    b'S' => {
+                        self.unsynced = false;
+                        self.skipping = false;
+                        Some(Expect::Sync)
+                    }
+                    // Flush, COPY data: no answer of their own.
+                    _ => None,
+                };
                 out.put_slice(m);
+                self.expect.extend(answer);
                 Ok(())
             }
         };
@@ -188,11 +180,7 @@ impl Client {
             self.pinned = scan.pin;
         }
         self.needs_reset |= scan.needs_reset;
-        self.poisoned |= scan.poisons;
-        if scan.drops_statements {
-            // The server's statements are gone: they are prepared again as needed.
-            self.poisoned = true;
-        }
+        self.poisoned |= scan.forgets_statements;
     }
 
     fn refuse(&mut self, r: Refused) {
@@ -278,7 +266,7 @@ impl Client {
                 Some(s) => s.scan,
                 None => super::scan::scan(cstr(rest).0),
             };
-            if scan.pin.is_some() || scan.poisons || scan.drops_statements {
+            if scan.pin.is_some() || scan.forgets_statements {
                 return None;
             }
             found.push((name, statement));
@@ -409,7 +397,7 @@ impl Client {
             None => out.put_slice(m),
             Some(statement) => {
                 let server_name = statement.name();
-                message(out, b'B', |b| {
+                wire::message(out, b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
                     b.put_slice(server_name.as_bytes());
@@ -436,7 +424,7 @@ impl Client {
                 None => out.put_slice(m),
                 Some(statement) => {
                     let server_name = statement.name();
-                    message(out, b'D', |b| {
+                    wire::message(out, b'D', |b| {
                         b.put_u8(b'S');
                         b.put_slice(server_name.as_bytes());
                         b.put_u8(0);
@@ -625,13 +613,4 @@ fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&b[..i], &b[i + 1..]),
         None => (b, &[]),
     }
-}
-
-fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    buf.put_u8(tag);
-    let at = buf.len();
-    buf.put_u32(0);
-    body(buf);
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }

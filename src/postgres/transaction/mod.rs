@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use self::exchange::Client;
 use self::params::{tracked_name, Values};
 use self::servers::{Grant, Params, Server};
-use super::session::{fatal, join_current, refusal, server_refusal, Refusal};
+use super::session::{fatal, join_current, moved_on, refusal, server_refusal, Refusal, Told};
 use super::wire;
 use super::Frontend;
 use crate::config::access::Peer;
@@ -75,8 +75,10 @@ enum Event {
 
 /// How the client's session ended.
 enum End {
-    /// The client left (or broke the protocol, and was told).
+    /// The client left.
     Left,
+    /// credswap ended it and has told the client why (the metric's reason).
+    Told(&'static str),
     /// credswap ends it at an idle point (shutdown, or a pinned client's drain deadline).
     Ended(&'static str),
 }
@@ -93,14 +95,14 @@ pub(super) async fn serve(
     let name = target.name().to_string();
     // Tracked parameters are set on whichever connection the client lands on; the others are
     // login parameters: connections are opened with them and lent only to clients with the same.
-    let mut wanted = Values::default();
+    let mut wanted: Vec<(&'static str, &str)> = Vec::new();
     let mut login: Params = Vec::new();
     let mut options = Vec::new();
     for (k, v) in params {
         if k.starts_with("_pq_.") {
             options.push(k.as_str());
         } else if let Some(tracked) = tracked_name(k.as_bytes()) {
-            wanted.set(tracked, v);
+            wanted.push((tracked, v));
         } else if !matches!(k.as_str(), "user" | "database" | "replication") {
             login.push((k.clone(), v.clone()));
         }
@@ -152,6 +154,7 @@ pub(super) async fn serve(
     session.metrics.ended();
     let reason = match end {
         End::Left => "client_closed",
+        End::Told(reason) => reason,
         End::Ended(why) => {
             let text = if fe.shutdown.is_fired() {
                 "terminating connection: credswap is shutting down; reconnect when it is back"
@@ -170,10 +173,10 @@ pub(super) async fn serve(
 impl Session<'_> {
     /// Checks out a connection for the greeting, brings it to the client's startup values and
     /// returns what the client is to see; the connection goes back.
-    async fn greet(&mut self, wanted: Values) -> Result<Values, Refusal> {
+    async fn greet(&mut self, wanted: Vec<(&'static str, &str)>) -> Result<Values, Refusal> {
         let mut held = self.checkout().await?;
         let mut values = held.server.values.clone();
-        for (name, value) in tracked(&wanted) {
+        for (name, value) in wanted {
             values.set(name, value);
             self.client.owned.mark(name.as_bytes());
         }
@@ -240,19 +243,8 @@ impl Session<'_> {
                 Ok(Grant::Open(slot)) => {
                     match raw::connect(generation.pool.plan(), &self.params).await {
                         Ok(conn) => Box::new(Server::new(conn, generation.id, self.params.clone(), slot)),
-                        Err(e)
-                            if e.is_auth()
-                                && Instant::now() < deadline
-                                && self.target.current().is_some_and(|now| now.id != generation.id) =>
-                        {
-                            continue
-                        }
-                        Err(e) => {
-                            return Err(match server_refusal(&self.target, e) {
-                                Ok(r) => r,
-                                Err(frame) => Refusal::frame(frame),
-                            })
-                        }
+                        Err(e) if moved_on(&e, deadline, &self.target, generation.id) => continue,
+                        Err(e) => return Err(server_refusal(&self.target, e)),
                     }
                 }
             };
@@ -358,14 +350,13 @@ impl Session<'_> {
                 if cbuf[0] == b'X' {
                     return End::Left;
                 }
-                if let Some(error) = &refused {
+                if refused.is_some() {
                     let tag = cbuf[0];
                     cbuf.advance(first);
                     if matches!(tag, b'S' | b'Q' | b'F') {
-                        let mut answer = error.clone();
-                        wire::ready_for_query(&mut answer, b'I');
-                        refused = None;
-                        if stream.write_all(&answer).await.is_err() {
+                        back.extend_from_slice(&refused.take().expect("just seen"));
+                        wire::ready_for_query(&mut back, b'I');
+                        if !flush(stream, &mut back).await {
                             return End::Left;
                         }
                     }
@@ -376,9 +367,7 @@ impl Session<'_> {
                         .parse_round(&cbuf, &self.fe.statements, max, &mut back)
                 {
                     cbuf.advance(used);
-                    let sent = stream.write_all(&back).await;
-                    back.clear();
-                    if sent.is_err() {
+                    if !flush(stream, &mut back).await {
                         return End::Left;
                     }
                     continue;
@@ -388,11 +377,20 @@ impl Session<'_> {
                         self.fe.cancels.point(key, Some(h.server.conn_key()));
                         held = Some(h);
                     }
-                    Err(r) => {
+                    Err(Refusal {
+                        told: Told::Ours { code, message },
+                        ..
+                    }) => {
                         let mut error = BytesMut::new();
-                        wire::error_response(&mut error, &r.code, &r.message);
+                        wire::error_response(&mut error, &code, &message);
                         refused = Some(error);
                         continue;
+                    }
+                    Err(r) => {
+                        // The server refused a login with the client's parameters: no
+                        // transaction of this client can run.
+                        r.tell(stream).await;
+                        return End::Told(r.reason);
                     }
                 }
             }
@@ -405,15 +403,13 @@ impl Session<'_> {
                     Ok(Some(len)) => len,
                     Ok(None) => break,
                     Err(e) => {
-                        let h = held.take().expect("held");
-                        self.give_back(h, false).await;
+                        self.abandon(&mut held).await;
                         return self.violation(stream, e).await;
                     }
                 };
                 let m = &cbuf[at..at + len];
                 if m[0] == b'X' {
-                    let h = held.take().expect("held");
-                    self.give_back(h, false).await;
+                    self.abandon(&mut held).await;
                     return End::Left;
                 }
                 if let Some(pin) =
@@ -430,19 +426,14 @@ impl Session<'_> {
             if !out.is_empty() {
                 if h.server.conn.stream.write_all(&out).await.is_err() {
                     out.clear();
-                    let h = held.take().expect("held");
-                    self.give_back(h, false).await;
+                    self.abandon(&mut held).await;
                     return self.server_gone(stream).await;
                 }
                 out.clear();
             }
-            if !back.is_empty() {
-                if stream.write_all(&back).await.is_err() {
-                    let h = held.take().expect("held");
-                    self.give_back(h, false).await;
-                    return End::Left;
-                }
-                back.clear();
+            if !flush(stream, &mut back).await {
+                self.abandon(&mut held).await;
+                return End::Left;
             }
 
             // A pinned client follows session-mode rules: it ends at an idle point once its
@@ -453,8 +444,7 @@ impl Session<'_> {
                 && streaming == 0
                 && (h.past_deadline || self.fe.shutdown.is_fired())
             {
-                let h = held.take().expect("held");
-                self.give_back(h, false).await;
+                self.abandon(&mut held).await;
                 return End::Ended(self.client.pinned.map_or("", |p| p.label()));
             }
 
@@ -467,8 +457,7 @@ impl Session<'_> {
             match event {
                 Event::Client(Ok(0) | Err(_)) => {
                     // Inside a transaction: closing the connection rolls it back.
-                    let h = held.take().expect("held");
-                    self.give_back(h, false).await;
+                    self.abandon(&mut held).await;
                     return End::Left;
                 }
                 Event::Client(Ok(n)) => {
@@ -476,8 +465,7 @@ impl Session<'_> {
                     cbuf.extend_from_slice(&chunk[..n]);
                 }
                 Event::Server(Ok(0) | Err(_)) => {
-                    let h = held.take().expect("held");
-                    self.give_back(h, false).await;
+                    self.abandon(&mut held).await;
                     return self.server_gone(stream).await;
                 }
                 Event::Server(Ok(n)) => {
@@ -493,17 +481,12 @@ impl Session<'_> {
                         max,
                     );
                     if let Err(e) = walked {
-                        let h = held.take().expect("held");
-                        self.give_back(h, false).await;
+                        self.abandon(&mut held).await;
                         return self.violation(stream, e).await;
                     }
-                    if !back.is_empty() {
-                        if stream.write_all(&back).await.is_err() {
-                            let h = held.take().expect("held");
-                            self.give_back(h, false).await;
-                            return End::Left;
-                        }
-                        back.clear();
+                    if !flush(stream, &mut back).await {
+                        self.abandon(&mut held).await;
+                        return End::Left;
                     }
                     if self.client.at_idle() && streaming == 0 && sbuf.is_empty() {
                         let h = held.take().expect("held");
@@ -528,6 +511,13 @@ impl Session<'_> {
         }
     }
 
+    /// Closes the held connection, if any (inside a transaction: rolled back by the server).
+    async fn abandon(&mut self, held: &mut Option<Held>) {
+        if let Some(h) = held.take() {
+            self.give_back(h, false).await;
+        }
+    }
+
     /// The client broke the protocol: it is told, and the session ends.
     async fn violation(&self, stream: &mut ReadInterestStream, e: wire::FrameError) -> End {
         fatal(
@@ -536,10 +526,7 @@ impl Session<'_> {
             &format!("credswap: protocol violation: {e}"),
         )
         .await;
-        self.fe
-            .metrics
-            .postgres_ended(&self.name, "protocol_violation");
-        End::Left
+        End::Told("protocol_violation")
     }
 
     /// The server connection broke mid-transaction: the client is told and the session ends
@@ -551,16 +538,18 @@ impl Session<'_> {
             "credswap: the server connection of this transaction closed; its work was rolled back",
         )
         .await;
-        End::Left
+        End::Told("server_closed")
     }
 }
 
-/// The tracked values of `wanted`.
-fn tracked(wanted: &Values) -> Vec<(&'static str, &str)> {
-    params::TRACKED
-        .into_iter()
-        .filter_map(|n| wanted.get(n).map(|v| (n, v)))
-        .collect()
+/// Writes what is waiting for the client; false when the client is gone.
+async fn flush(stream: &mut ReadInterestStream, back: &mut BytesMut) -> bool {
+    if back.is_empty() {
+        return true;
+    }
+    let sent = stream.write_all(back).await.is_ok();
+    back.clear();
+    sent
 }
 
 /// Handles bytes from the server: whole messages are judged and passed on (or swallowed), a

@@ -156,6 +156,7 @@ impl Owned {
         }
     }
 
+    #[cfg(test)]
     pub fn all() -> Owned {
         Owned(u8::MAX)
     }

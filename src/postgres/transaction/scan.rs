@@ -40,10 +40,9 @@ pub struct Scan {
     /// A session-level `SET` (or `set_config`) of a parameter that does not follow the client:
     /// the connection is reset (`RESET ALL`) before it serves another client.
     pub needs_reset: bool,
-    /// `DISCARD ALL` / `DEALLOCATE ALL`: the connection's prepared statements are gone.
-    pub drops_statements: bool,
-    /// `DEALLOCATE name`: one of them may be gone; the connection is closed when returned.
-    pub poisons: bool,
+    /// `DISCARD ALL` or `DEALLOCATE`: some or all of the connection's prepared statements are
+    /// gone, so it no longer holds what credswap recorded; it is closed when given back.
+    pub forgets_statements: bool,
 }
 
 /// Scans a statement text (one or more statements).
@@ -115,13 +114,8 @@ fn statement_start(w: &[Word<'_>], out: &mut Scan) {
         out.pin.get_or_insert(Pin::Prepare);
     } else if eq(first, b"listen") {
         out.pin.get_or_insert(Pin::Listen);
-    } else if eq(first, b"discard") && eq(at(1), b"all")
-        || eq(first, b"deallocate")
-            && (eq(at(1), b"all") || eq(at(1), b"prepare") && eq(at(2), b"all"))
-    {
-        out.drops_statements = true;
-    } else if eq(first, b"deallocate") {
-        out.poisons = true;
+    } else if eq(first, b"discard") && eq(at(1), b"all") || eq(first, b"deallocate") {
+        out.forgets_statements = true;
     } else if eq(first, b"set") {
         let (second, name) = if eq(at(1), b"session") {
             (at(2), at(2))
@@ -354,8 +348,9 @@ mod tests {
         assert!(!scan(b"SET LOCAL statement_timeout = 5").needs_reset);
         assert!(!scan(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").needs_reset);
         assert!(!scan(b"UPDATE t SET x = 1").needs_reset);
-        assert!(scan(b"DISCARD ALL").drops_statements);
-        assert!(scan(b"deallocate all").drops_statements);
-        assert!(scan(b"DEALLOCATE credswap_1").poisons);
+        assert!(scan(b"DISCARD ALL").forgets_statements);
+        assert!(scan(b"deallocate all").forgets_statements);
+        assert!(scan(b"DEALLOCATE credswap_1").forgets_statements);
+        assert!(!scan(b"DISCARD PLANS").forgets_statements);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::scan::{self, Scan};
+use crate::postgres::wire;
 
 /// A statement as the servers know it.
 #[derive(Debug)]
@@ -70,22 +71,22 @@ impl Statements {
 /// A `Parse` message naming `name`, with `body` (text and parameter types) after it.
 fn parse_message(name: &str, body: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(6 + name.len() + body.len());
-    buf.put_u8(b'P');
-    buf.put_u32((4 + name.len() + 1 + body.len()) as u32);
-    buf.put_slice(name.as_bytes());
-    buf.put_u8(0);
-    buf.put_slice(body);
+    wire::message(&mut buf, b'P', |b| {
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(body);
+    });
     buf.freeze()
 }
 
 /// A `Close` of a statement by its server name.
 pub fn close_message(buf: &mut BytesMut, id: u64) {
     let name = name(id);
-    buf.put_u8(b'C');
-    buf.put_u32((4 + 1 + name.len() + 1) as u32);
-    buf.put_u8(b'S');
-    buf.put_slice(name.as_bytes());
-    buf.put_u8(0);
+    wire::message(buf, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+    });
 }
 
 /// The statements one server connection has prepared, least recently used first out.
@@ -127,18 +128,6 @@ impl Prepared {
     pub fn remove(&mut self, id: u64) {
         self.used.remove(&id);
     }
-
-    pub fn clear(&mut self) {
-        self.used.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -172,6 +161,6 @@ mod tests {
         assert!(p.touch(1));
         assert_eq!(p.insert(3, 2), Some(2));
         assert!(!p.touch(2));
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.used.len(), 2);
     }
 }
