@@ -65,6 +65,16 @@ impl AsyncWrite for ServerStream {
     }
 }
 
+/// Writes all of `buf` to a server stream and flushes it. A TLS stream accepts bytes into
+/// rustls and returns once they are taken even when the socket would block, so the last
+/// records of a write can wait in rustls until the next write or a flush: with nothing more to
+/// send (a large `Bind`, then the client waits for the answer) the server waits for the rest
+/// of the message and the session hangs. Every write to a server goes through here.
+pub async fn send<W: AsyncWrite + Unpin>(stream: &mut W, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
+}
+
 /// Where a session's server connection is, for cancel requests: its address, whether it used
 /// TLS (a cancel goes the same way) and the server's key for it.
 #[derive(Clone)]
@@ -259,7 +269,7 @@ async fn connect_host(
     let mut buf = BytesMut::new();
     frontend::startup_message(startup.iter().copied(), &mut buf)
         .map_err(|e| protocol(e.to_string()))?;
-    stream.write_all(&buf).await.map_err(io)?;
+    send(&mut stream, &buf).await.map_err(io)?;
 
     let mut read = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramSha256> = None;
@@ -363,7 +373,7 @@ async fn connect_host(
             _ => return Err(protocol("an unexpected message during login".into())),
         }
         if !buf.is_empty() {
-            stream.write_all(&buf).await.map_err(io)?;
+            send(&mut stream, &buf).await.map_err(io)?;
         }
     }
 }
@@ -411,8 +421,7 @@ pub async fn cancel(key: &ServerKey) -> Result<(), ServerError> {
             server: label.clone(),
             detail: e.to_string(),
         };
-        stream.write_all(&buf).await.map_err(io)?;
-        stream.flush().await.map_err(io)?;
+        send(&mut stream, &buf).await.map_err(io)?;
         // The server closes the connection once it has read the request.
         let mut sink = [0u8; 1];
         let _ = stream.read(&mut sink).await;
@@ -469,7 +478,7 @@ pub async fn run_quietly(
     let work = async {
         let mut buf = BytesMut::new();
         frontend::query(sql, &mut buf)?;
-        conn.stream.write_all(&buf).await?;
+        send(&mut conn.stream, &buf).await?;
         let mut read = BytesMut::new();
         let mut status = Vec::new();
         let mut failed = None;

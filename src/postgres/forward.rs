@@ -193,7 +193,7 @@ where
             } else {
                 buf
             };
-            if let Err(e) = server_w.write_all(send).await {
+            if let Err(e) = crate::pool::raw::send(&mut server_w, send).await {
                 return End::Io(e);
             }
             if terminate {

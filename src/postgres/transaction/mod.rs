@@ -424,7 +424,7 @@ impl Session<'_> {
             cbuf.advance(at);
             self.client.answers_due(&mut back);
             if !out.is_empty() {
-                if h.server.conn.stream.write_all(&out).await.is_err() {
+                if raw::send(&mut h.server.conn.stream, &out).await.is_err() {
                     out.clear();
                     self.abandon(&mut held).await;
                     return self.server_gone(stream).await;
