@@ -15,12 +15,17 @@ OpenBao with its database engine -- then measures, in one run:
              prepared) and through credswap's PostgreSQL front end (session mode); throughput
              ratio to direct, each pooler's CPU per transaction, added p50/p99 at 1 client
 
+  transaction pgbench -S -M simple|extended|prepared at 16/64 clients on 16 server connections:
+             direct, PgBouncer's transaction pool, credswap's pool_mode = "transaction"
+             (medians of BENCH_TXN_REPEAT alternated runs); rotations under 64 clients
+
   abuse      the front door under abuse: forged webhooks, /v1/health under a forged flood and
              under 10,000 idle connections, RSS under maximal batches (dev/bench_abuse.py)
 
 Prints a table and writes target/bench/results.json. Environment: BENCH_SECONDS (measured time
 per hop run, default 5), BENCH_ROTATIONS (default 100), BENCH_PHASES (a comma list of memory,
-hop, wire, rotation, abuse; default all).
+hop, wire, transaction, rotation, abuse; default all), BENCH_TXN_REPEAT (runs per transaction-mode
+row, medians reported; default 3).
 """
 import json
 import os
@@ -48,6 +53,14 @@ ROTATIONS = int(os.environ.get("BENCH_ROTATIONS", "100"))
 ALL_PHASES = ("memory", "hop", "wire", "transaction", "rotation", "abuse")
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
 CLIENTS = [1, 16, 64]
+TXN_REPEAT = int(os.environ.get("BENCH_TXN_REPEAT", "3"))
+
+
+def median(values):
+    """The middle value (the mean of the two middle ones for an even count)."""
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 POOL_SIZE = 16
 AS_ROOT = os.getuid() == 0
 PGBIN = sorted(
@@ -426,27 +439,40 @@ def transaction(b, daemon_pid):
     """Transaction mode: 16 and 64 pgbench clients on 16 server connections, straight to
     PostgreSQL, through PgBouncer's transaction pool (simple and extended; PgBouncer 1.18 has no
     prepared statements in transaction mode) and through credswap's; then the time from a
-    rotation's trigger to the old generation drained while 64 clients run -M prepared."""
+    rotation's trigger to the old generation drained while 64 clients run -M prepared.
+
+    Each row is run TXN_REPEAT times, the two poolers' order swapped every time, and each
+    figure is the median over the repeats (a ratio is taken against the direct run of its own
+    repeat): on this shared two-core machine a single 5 s run moved by up to 10 % from one
+    session to the next."""
     pgbouncer_pid = int(open(b.path("pgbouncer", "pgbouncer.pid")).read())
     rows = []
     for clients in (16, 64):
         for mode in ("simple", "extended", "prepared"):
-            row = {"clients": clients, "mode": mode}
-            vias = [("direct", None), ("credswap_txn", daemon_pid)]
-            if mode != "prepared":
-                vias.insert(1, ("pgbouncer_txn", pgbouncer_pid))
-            for via, pid in vias:
-                cpu = cpu_seconds(pid) if pid else 0
-                r = b.pgbench_wire(clients, mode, via)
-                if pid:
-                    r["cpu_us_per_transaction"] = round(
-                        (cpu_seconds(pid) - cpu) / (r["throughput_per_s"] * SECONDS) * 1e6, 1)
-                row[via] = r
-                log(f"transaction mode {clients:>2} clients -M {mode:<8} {via:<12} "
-                    f"{r['throughput_per_s']:>8.0f}/s cpu {r.get('cpu_us_per_transaction', '-')} us")
-            for via, _ in vias[1:]:
-                row[f"{via}_over_direct"] = round(
-                    row[via]["throughput_per_s"] / row["direct"]["throughput_per_s"], 3)
+            poolers = [("pgbouncer_txn", pgbouncer_pid), ("credswap_txn", daemon_pid)]
+            if mode == "prepared":
+                poolers = poolers[1:]
+            runs = []
+            for repeat in range(TXN_REPEAT):
+                order = poolers if repeat % 2 == 0 else poolers[::-1]
+                run = {}
+                for via, pid in [("direct", None), *order]:
+                    cpu = cpu_seconds(pid) if pid else 0
+                    r = b.pgbench_wire(clients, mode, via)
+                    if pid:
+                        r["cpu_us_per_transaction"] = round(
+                            (cpu_seconds(pid) - cpu) / (r["throughput_per_s"] * SECONDS) * 1e6, 1)
+                    run[via] = r
+                    log(f"transaction mode {clients:>2} clients -M {mode:<8} {via:<12} "
+                        f"{r['throughput_per_s']:>8.0f}/s cpu {r.get('cpu_us_per_transaction', '-')} us")
+                runs.append(run)
+            row = {"clients": clients, "mode": mode, "repeats": runs}
+            row["direct"] = {"throughput_per_s": median([r["direct"]["throughput_per_s"] for r in runs])}
+            for via, _ in poolers:
+                row[via] = {k: median([r[via][k] for r in runs])
+                            for k in ("throughput_per_s", "cpu_us_per_transaction", "failed")}
+                row[f"{via}_over_direct"] = round(median(
+                    [r[via]["throughput_per_s"] / r["direct"]["throughput_per_s"] for r in runs]), 3)
             rows.append(row)
     # Rotations under 64 clients of -M prepared through the transaction pool.
     env = dict(os.environ)

@@ -583,7 +583,17 @@ impl Client {
     }
 
     /// credswap's own answers now due (those at the head of the queue) go to `to_client`.
+    #[inline]
     pub fn answers_due(&mut self, to_client: &mut BytesMut) {
+        if matches!(
+            self.expect.front(),
+            Some(Expect::Parsed { .. } | Expect::Answer(_))
+        ) {
+            self.write_answers(to_client);
+        }
+    }
+
+    fn write_answers(&mut self, to_client: &mut BytesMut) {
         loop {
             match self.expect.front() {
                 Some(Expect::Parsed { .. }) => {

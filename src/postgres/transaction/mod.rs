@@ -322,7 +322,11 @@ impl Session<'_> {
         // A checkout refused: requests are dropped up to the next Sync or Query, which get
         // this error and ReadyForQuery.
         let mut refused: Option<BytesMut> = None;
+        // One wait on the shutdown for the whole session: made afresh at every wake-up it
+        // registered and removed a waiter each time.
         let mut shutdown = self.fe.shutdown.clone();
+        let mut stop = std::pin::pin!(async move { shutdown.wait().await });
+        let mut stopped = false;
         let to_server = self.metrics.to_server.clone();
         let to_client = self.metrics.to_client.clone();
         loop {
@@ -336,6 +340,7 @@ impl Session<'_> {
                 };
                 let Some(first) = whole else {
                     tokio::select! {
+                        biased;
                         r = stream.read(&mut chunk) => match r {
                             Ok(0) | Err(_) => return End::Left,
                             Ok(n) => {
@@ -343,7 +348,7 @@ impl Session<'_> {
                                 cbuf.extend_from_slice(&chunk[..n]);
                             }
                         },
-                        _ = shutdown.wait() => {}
+                        _ = &mut stop, if !stopped => stopped = true,
                     }
                     continue;
                 };
@@ -448,11 +453,14 @@ impl Session<'_> {
                 return End::Ended(self.client.pinned.map_or("", |p| p.label()));
             }
 
+            // Biased: the server's answer is what usually wakes a held session, and the waits
+            // behind it are not polled then.
             let event = tokio::select! {
-                r = stream.read(&mut chunk) => Event::Client(r),
+                biased;
                 r = h.server.conn.stream.read(&mut schunk) => Event::Server(r),
+                r = stream.read(&mut chunk) => Event::Client(r),
                 _ = &mut h.ending, if !h.past_deadline => Event::Deadline,
-                _ = shutdown.wait(), if self.client.pinned.is_some() => Event::Wake,
+                _ = &mut stop, if self.client.pinned.is_some() && !stopped => Event::Wake,
             };
             match event {
                 Event::Client(Ok(0) | Err(_)) => {
@@ -506,7 +514,7 @@ impl Session<'_> {
                         }
                     }
                 }
-                Event::Wake => {}
+                Event::Wake => stopped = true,
             }
         }
     }
