@@ -58,13 +58,21 @@ pub struct Server {
     pub port: u16,
 }
 
-/// Which servers of a multi-host list are acceptable (libpq `target_session_attrs`).
+/// Which servers of a multi-host list are acceptable (libpq 14's `target_session_attrs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SessionAttrs {
     #[default]
     Any,
+    /// Writable: not in recovery, and `default_transaction_read_only` off.
     ReadWrite,
+    /// Not writable: a standby, or a server whose transactions default to read-only.
     ReadOnly,
+    /// Not in recovery.
+    Primary,
+    /// In recovery (a hot standby).
+    Standby,
+    /// A standby if one is up, else any server.
+    PreferStandby,
 }
 
 impl SessionAttrs {
@@ -73,10 +81,13 @@ impl SessionAttrs {
             "any" => Ok(SessionAttrs::Any),
             "read-write" => Ok(SessionAttrs::ReadWrite),
             "read-only" => Ok(SessionAttrs::ReadOnly),
+            "primary" => Ok(SessionAttrs::Primary),
+            "standby" => Ok(SessionAttrs::Standby),
+            "prefer-standby" => Ok(SessionAttrs::PreferStandby),
             other => Err(DsnError::BadValue {
                 key: "target_session_attrs",
                 value: other.to_string(),
-                expected: "any, read-write or read-only",
+                expected: "any, read-write, read-only, primary, standby or prefer-standby",
             }),
         }
     }
@@ -87,7 +98,16 @@ impl SessionAttrs {
             SessionAttrs::Any => "any",
             SessionAttrs::ReadWrite => "read-write",
             SessionAttrs::ReadOnly => "read-only",
+            SessionAttrs::Primary => "primary",
+            SessionAttrs::Standby => "standby",
+            SessionAttrs::PreferStandby => "prefer-standby",
         }
+    }
+
+    /// Whether the target's connections must be able to write: they then leave a server that
+    /// stops being writable.
+    pub fn wants_writable(self) -> bool {
+        matches!(self, SessionAttrs::ReadWrite | SessionAttrs::Primary)
     }
 }
 

@@ -47,6 +47,13 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    target: String,
+    host: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     target: String,
     result: String,
@@ -110,6 +117,8 @@ pub struct Metrics {
     pg_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
     pg_sessions: Family<StateLabels, Gauge>,
     pg_pinned: Family<ReasonLabels, Counter>,
+    host_connections: Family<HostLabels, Gauge>,
+    failovers: Family<TargetLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -144,6 +153,8 @@ impl Metrics {
             pg_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
             pg_sessions: Family::default(),
             pg_pinned: Family::default(),
+            host_connections: Family::default(),
+            failovers: Family::default(),
             registry: Registry::with_prefix("credswap"),
         };
         m.registry.register(
@@ -185,6 +196,16 @@ impl Metrics {
             "postgres_pinned_clients",
             "Transaction-mode clients pinned to their server connection for the rest of their session, by target and reason",
             m.pg_pinned.clone(),
+        );
+        m.registry.register(
+            "server_connections",
+            "Server connections of every generation (HTTP pool and PostgreSQL front end) by host and what the host was last seen to be (primary, standby, unknown)",
+            m.host_connections.clone(),
+        );
+        m.registry.register(
+            "failovers",
+            "Times a writable target's new connections went to another host than before",
+            m.failovers.clone(),
         );
         m.registry.register(
             "rotations",
@@ -299,6 +320,13 @@ impl Metrics {
                     })
                     .observe(s.duration.as_secs_f64());
             }
+        }
+        if let EventKind::Failover { .. } = &event.kind {
+            self.failovers
+                .get_or_create(&TargetLabel {
+                    target: target.clone(),
+                })
+                .inc();
         }
         if let EventKind::DrainFinished { duration, .. } = &event.kind {
             self.steps
@@ -502,6 +530,30 @@ impl Metrics {
                     .get_or_create(&StateLabels {
                         target: status.name.clone(),
                         state: state.into(),
+                    })
+                    .set(n);
+            }
+            // Every (host, role) this target's hosts can show is set, so a host that changed
+            // role reads 0 under its old one.
+            let mut by_host: std::collections::BTreeMap<(String, &str), i64> = Default::default();
+            for h in status
+                .pool
+                .hosts
+                .iter()
+                .chain(status.draining.iter().flat_map(|d| d.hosts.iter()))
+            {
+                for role in ["primary", "standby", "unknown"] {
+                    by_host.entry((h.host.clone(), role)).or_insert(0);
+                }
+                let role = h.role.map_or("unknown", |r| r.as_str());
+                *by_host.entry((h.host.clone(), role)).or_insert(0) += h.connections as i64;
+            }
+            for ((host, role), n) in by_host {
+                self.host_connections
+                    .get_or_create(&HostLabels {
+                        target: status.name.clone(),
+                        host,
+                        role: role.into(),
                     })
                     .set(n);
             }

@@ -1,5 +1,7 @@
 //! `POST /v1/targets/{t}/query` and `/batch`: SQL on the target's current generation.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -184,9 +186,12 @@ pub async fn run(
         Some((at, timeout)) => match tokio::time::timeout_at(at, work).await {
             Ok(r) => r,
             Err(_) => {
-                // Stop the statement on the server too.
+                // Stop the statement on the server too. A server the cancel cannot reach is
+                // taken as gone (black-holed): its other connections are not handed out again.
                 if let Err(e) = conn.conn().cancel().await {
                     tracing::warn!(error = %e, "could not cancel a statement past its timeout");
+                    conn.host().host_failed(&e.to_string());
+                    conn.discard();
                 }
                 Err(ApiError::timeout(format!(
                     "the request did not finish within {} ms (one deadline for a query, or for a whole batch)",
@@ -199,6 +204,28 @@ pub async fn run(
         r.command = command_of(sql);
         r
     })
+}
+
+/// After `25006 read_only_sql_transaction` on a writable target: asks the server whether it
+/// is still writable (the caller's own `READ ONLY` transaction also gives 25006). One that is
+/// not any more (a standby now, or fenced with `default_transaction_read_only`) has its
+/// connections dropped, and new ones go to a writable host.
+pub async fn check_still_writable(conn: &Checkout, error: &ApiError) {
+    if error.sqlstate.as_deref() != Some("25006") || !conn.host().wants_writable() {
+        return;
+    }
+    const SQL: &str = "SELECT pg_is_in_recovery() OR \
+        (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on'";
+    let answer = tokio::time::timeout(Duration::from_secs(2), conn.query_one(SQL, &[])).await;
+    let not_writable = match answer {
+        Ok(Ok(row)) => row.get::<_, bool>(0),
+        _ => true,
+    };
+    if not_writable {
+        tracing::warn!(host = %conn.host().label(), "the server of a writable target is read-only now: its connections are dropped");
+        conn.host().host_changed();
+        conn.discard();
+    }
 }
 
 async fn collect(
@@ -274,6 +301,7 @@ pub async fn run_batch(
                 if batch.transaction && conn.batch_execute("ROLLBACK").await.is_err() {
                     conn.discard();
                 }
+                check_still_writable(conn, &e).await;
                 return Err((i, e));
             }
         }

@@ -228,6 +228,9 @@ pub async fn query(
             &mut budget,
         )
         .await;
+        if let Err(e) = &result {
+            query::check_still_writable(&conn, e).await;
+        }
         if effect == session::Effect::None && session::leaves_clean(result.as_ref().err()) {
             reuse.keep();
         }

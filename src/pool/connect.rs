@@ -1,18 +1,20 @@
 //! Opening one server connection the way libpq would: hosts tried in order, and for each host
 //! the TLS choices of its `sslmode` (`allow` tries plain first, `prefer` tries TLS first, and
-//! each falls back to the other when the server refuses).
+//! each falls back to the other when the server refuses), and each server's kind checked
+//! against `target_session_attrs` ([`super::hosts`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::config::{SslMode as PgSslMode, TargetSessionAttrs};
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{CancelError, ConnectError};
-use crate::dsn::{ConnInfo, Host, Server, SessionAttrs};
+use super::hosts::{HostBook, HostLease, OnHostChange, ServerKind};
+use crate::dsn::{ConnInfo, Host, Server};
 use crate::tls::SslMode;
 
 /// Everything needed to open a connection for one pool: fixed when the pool is built, so every
@@ -27,6 +29,7 @@ pub struct ConnectPlan {
     application_name: String,
     options: Option<String>,
     connect_timeout: Duration,
+    hosts: Arc<HostBook>,
 }
 
 impl ConnectPlan {
@@ -39,6 +42,7 @@ impl ConnectPlan {
         application_name: String,
         statement_timeout: Duration,
         connect_timeout: Duration,
+        on_host_change: Option<OnHostChange>,
     ) -> Self {
         let mut options: Vec<String> = conn.options.iter().cloned().collect();
         if !statement_timeout.is_zero() {
@@ -55,6 +59,11 @@ impl ConnectPlan {
             application_name,
             options: (!options.is_empty()).then(|| options.join(" ")),
             connect_timeout: conn.connect_timeout.unwrap_or(connect_timeout),
+            hosts: Arc::new(HostBook::new(
+                &conn.servers,
+                conn.session_attrs,
+                on_host_change,
+            )),
             conn,
         }
     }
@@ -115,16 +124,63 @@ impl ConnectPlan {
         }
     }
 
-    /// Tries each host in order; the error of the last host is returned when all fail.
-    pub async fn connect(&self) -> Result<Client, ConnectError> {
+    /// The hosts of this plan and what they were last seen to be.
+    pub fn hosts(&self) -> &Arc<HostBook> {
+        &self.hosts
+    }
+
+    /// Tries the hosts in the book's order until one is reached whose kind the target accepts
+    /// (`prefer-standby`: standbys first, then any). When none is, the error names what each
+    /// host was.
+    pub async fn connect(&self) -> Result<(Client, HostLease), ConnectError> {
+        let attrs = self.hosts.attrs();
+        let mut tried: Vec<String> = Vec::new();
         let mut last = None;
-        for server in &self.conn.servers {
-            match self.connect_server(server).await {
-                Ok(client) => return Ok(client),
-                Err(e) => last = Some(e),
+        for &pass in attrs.passes() {
+            for index in self.hosts.order(pass) {
+                let server = &self.conn.servers[index];
+                let client = match self.connect_server(server).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        if !e.is_server_refusal() {
+                            self.hosts.failed(index, &e.to_string());
+                        }
+                        if e.is_auth() {
+                            return Err(e);
+                        }
+                        tried.push(e.to_string());
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                let kind = match server_kind(&client, self.connect_timeout).await {
+                    Ok(kind) => kind,
+                    Err(detail) => {
+                        let e = ConnectError::Unreachable {
+                            server: self.hosts.label(index).to_string(),
+                            detail,
+                        };
+                        self.hosts.failed(index, &e.to_string());
+                        tried.push(e.to_string());
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                if let Some(lease) = self.hosts.reached(index, kind, pass) {
+                    return Ok((client, lease));
+                }
+                tried.push(format!("{}: {}", self.hosts.label(index), kind.describe()));
             }
         }
-        Err(last.expect("a connection string always names at least one server"))
+        match (attrs, last) {
+            // One host, and it could not be reached: its own error says it best.
+            (_, Some(e)) if self.conn.servers.len() == 1 => Err(e),
+            (crate::dsn::SessionAttrs::Any, Some(e)) => Err(e),
+            _ => Err(ConnectError::NoSuitableServer {
+                wanted: attrs.as_str(),
+                tried: tried.join("; "),
+            }),
+        }
     }
 
     async fn connect_server(&self, server: &Server) -> Result<Client, ConnectError> {
@@ -171,12 +227,7 @@ impl ConnectPlan {
             .password(self.password.expose_secret())
             .application_name(&self.application_name)
             .connect_timeout(self.connect_timeout)
-            .ssl_mode(ssl)
-            .target_session_attrs(match self.conn.session_attrs {
-                SessionAttrs::Any => TargetSessionAttrs::Any,
-                SessionAttrs::ReadWrite => TargetSessionAttrs::ReadWrite,
-                SessionAttrs::ReadOnly => TargetSessionAttrs::ReadOnly,
-            });
+            .ssl_mode(ssl);
         if let Some(db) = &self.conn.dbname {
             cfg.dbname(db);
         }
@@ -233,4 +284,19 @@ where
         }
     });
     Ok(client)
+}
+
+/// What the server of a new connection is: the check libpq 14 makes for
+/// `target_session_attrs`, made for every connection so status can show it.
+async fn server_kind(client: &Client, deadline: Duration) -> Result<ServerKind, String> {
+    const SQL: &str =
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'";
+    let row = tokio::time::timeout(deadline, client.query_one(SQL, &[]))
+        .await
+        .map_err(|_| format!("no answer to the server-kind check within {deadline:?}"))?
+        .map_err(|e| format!("the server-kind check failed: {e}"))?;
+    Ok(ServerKind {
+        in_recovery: row.get(0),
+        read_only: row.get(1),
+    })
 }

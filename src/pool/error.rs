@@ -48,6 +48,8 @@ pub enum ConnectError {
     TlsConfig(Arc<TlsError>),
     #[error("the pool is draining and opens no new connections")]
     Draining,
+    #[error("no listed server can serve target_session_attrs={wanted}: {tried}")]
+    NoSuitableServer { wanted: &'static str, tried: String },
 }
 
 impl ConnectError {

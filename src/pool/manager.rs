@@ -12,6 +12,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::connect::ConnectPlan;
 use super::error::ConnectError;
+use super::hosts::HostLease;
 
 /// Shared between the pool, its manager and whoever drains it.
 #[derive(Debug)]
@@ -55,15 +56,22 @@ pub struct ServerConn {
     /// Cleared when the session may hold state a later caller must not see; the pool then
     /// closes the connection instead of handing it out again.
     reusable: AtomicBool,
+    host: HostLease,
 }
 
 impl ServerConn {
-    pub(crate) fn new(client: Client) -> Self {
+    pub(crate) fn new(client: Client, host: HostLease) -> Self {
         ServerConn {
             client,
             statements: Mutex::new(HashMap::new()),
             reusable: AtomicBool::new(true),
+            host,
         }
+    }
+
+    /// The host this connection is on.
+    pub fn host(&self) -> &HostLease {
+        &self.host
     }
 
     /// Marks the session as not clean (a setting changed, a transaction left open, a request
@@ -118,7 +126,8 @@ impl ManageConnection for Manager {
         if self.drain.is_draining() {
             return Err(ConnectError::Draining);
         }
-        self.plan.connect().await.map(ServerConn::new)
+        let (client, host) = self.plan.connect().await?;
+        Ok(ServerConn::new(client, host))
     }
 
     async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ConnectError> {
@@ -138,7 +147,7 @@ impl ManageConnection for Manager {
             self.drain.returned.notify_one();
             return true;
         }
-        conn.is_closed() || !conn.is_reusable()
+        conn.is_closed() || !conn.is_reusable() || conn.host.is_stale()
     }
 }
 

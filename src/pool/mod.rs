@@ -7,6 +7,7 @@
 
 mod connect;
 mod error;
+pub mod hosts;
 mod manager;
 pub mod raw;
 
@@ -47,6 +48,8 @@ pub struct BuildOptions {
     pub on_auth_failure: Option<Arc<Notify>>,
     /// The PostgreSQL front end is on: prove its own login path too ([`raw::verify`]).
     pub verify_raw: bool,
+    /// Told when a writable target's connections move to another host (a failover).
+    pub on_host_change: Option<hosts::OnHostChange>,
 }
 
 impl BuildOptions {
@@ -56,6 +59,7 @@ impl BuildOptions {
             application_name: application_name.into(),
             on_auth_failure: None,
             verify_raw: false,
+            on_host_change: None,
         }
     }
 }
@@ -180,8 +184,9 @@ impl VerifiedPool {
             options.application_name.clone(),
             settings.statement_timeout,
             settings.connect_timeout,
+            options.on_host_change.clone(),
         ));
-        let client = plan.connect().await?;
+        let (client, host) = plan.connect().await?;
         let connected = Instant::now();
         let tls_in_use = verify(&client, &plan).await?;
         if options.verify_raw {
@@ -196,7 +201,7 @@ impl VerifiedPool {
             settings,
             creds,
             options,
-            Some(client),
+            Some((client, host)),
             tls_in_use,
             timings,
         ))
@@ -219,6 +224,7 @@ impl VerifiedPool {
             options.application_name.clone(),
             settings.statement_timeout,
             settings.connect_timeout,
+            None,
         ));
         Ok(Self::assemble(
             plan,
@@ -236,7 +242,7 @@ impl VerifiedPool {
         settings: &PoolSettings,
         creds: &Credentials,
         options: BuildOptions,
-        first: Option<Client>,
+        first: Option<(Client, hosts::HostLease)>,
         tls_in_use: bool,
         timings: BuildTimings,
     ) -> VerifiedPool {
@@ -261,8 +267,8 @@ impl VerifiedPool {
             });
         // The verified connection is the first one handed out; if the pool is somehow full
         // already, dropping it is harmless.
-        if let Some(client) = first {
-            let _ = pool.add(ServerConn::new(client));
+        if let Some((client, host)) = first {
+            let _ = pool.add(ServerConn::new(client, host));
         }
         VerifiedPool {
             pool,
@@ -312,7 +318,9 @@ impl VerifiedPool {
                 _ = drained.wait_for(|d| *d) => return Err(PoolError::Draining),
             };
             match got {
-                Ok(Ok(conn)) if conn.is_closed() => continue,
+                // Closed, or on a host found gone or changed since it was opened: dropped here
+                // (bb8 closes it), and the next one is taken.
+                Ok(Ok(conn)) if conn.is_closed() || conn.host().is_stale() => continue,
                 Ok(Ok(conn)) => {
                     let id = self.in_use.next.fetch_add(1, Ordering::Relaxed);
                     self.in_use

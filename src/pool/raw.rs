@@ -17,7 +17,8 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::dsn::Host;
+use crate::dsn::{Host, SessionAttrs};
+use crate::pool::hosts::{HostLease, ServerKind};
 use crate::pool::{ConnectPlan, PoolError};
 use crate::tls::SslMode;
 
@@ -94,6 +95,28 @@ pub struct ServerConnection {
     pub key: ServerKey,
     /// Bytes the server sent after its `ReadyForQuery` already (none, normally).
     pub leftover: BytesMut,
+    /// The host it is on (set once the server's kind was accepted).
+    pub host: Option<HostLease>,
+}
+
+impl ServerConnection {
+    /// Whether this connection's host was found gone or changed since it was opened: it is
+    /// closed rather than lent again.
+    pub fn is_stale(&self) -> bool {
+        self.host.as_ref().is_some_and(HostLease::is_stale)
+    }
+
+    /// Whether an idle connection still looks open: nothing has arrived on it (a server that
+    /// shuts down says so, then closes). Polled once, without waiting.
+    pub fn looks_idle(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
 }
 
 /// Why no server connection was made.
@@ -120,6 +143,8 @@ pub enum ServerError {
     UnsupportedAuth { server: String, what: &'static str },
     #[error("{server}: protocol error during login: {detail}")]
     Protocol { server: String, detail: String },
+    #[error("no listed server can serve target_session_attrs={wanted}: {tried}")]
+    NoSuitableServer { wanted: &'static str, tried: String },
 }
 
 impl ServerError {
@@ -127,43 +152,164 @@ impl ServerError {
     pub fn is_auth(&self) -> bool {
         matches!(self, ServerError::Refused { code, .. } if crate::pool::is_auth_sqlstate(code))
     }
+
+    /// A server that is starting, stopping or recovering (`57P03`, `57P01`): another listed
+    /// host may serve, or this one shortly.
+    fn is_not_now(&self) -> bool {
+        matches!(self, ServerError::Refused { code, .. } if code == "57P03" || code == "57P01")
+    }
+
+    /// Worth another try while the caller can wait: nothing listed serves now, but a server
+    /// coming back or a promotion would change that. A refusal of the login itself is final.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Unreachable { .. }
+                | ServerError::Timeout { .. }
+                | ServerError::NoSuitableServer { .. }
+        ) || self.is_not_now()
+    }
 }
 
-/// Opens a server connection with the plan's credentials, trying its hosts in order. `params`
-/// are the client's startup parameters to pass on (`application_name`, `options`, ...).
+/// Opens a server connection with the plan's credentials, trying its hosts in the order of
+/// its host book until one is reached whose kind the target accepts (`prefer-standby`:
+/// standbys first, then any). `params` are the client's startup parameters to pass on
+/// (`application_name`, `options`, ...).
 pub async fn connect(
     plan: &ConnectPlan,
     params: &[(String, String)],
 ) -> Result<ServerConnection, ServerError> {
+    let book = plan.hosts();
+    let attrs = book.attrs();
     let mut last = None;
-    for server in &plan.conn().servers {
-        let Host::Tcp(host) = &server.host else {
-            last = Some(ServerError::Unreachable {
-                server: server.host.to_string(),
-                detail: "the PostgreSQL front end connects over TCP only".into(),
-            });
-            continue;
-        };
-        let label = format!("{host}:{}", server.port);
-        let deadline = plan.connect_timeout();
-        let attempt = tokio::time::timeout(
-            deadline,
-            connect_host(plan, host, server.port, params, &label),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e @ ServerError::Refused { .. })) => return Err(e),
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => {
-                last = Some(ServerError::Timeout {
-                    server: label,
+    let mut tried = Vec::new();
+    for &pass in attrs.passes() {
+        for index in book.order(pass) {
+            let server = &plan.conn().servers[index];
+            let Host::Tcp(host) = &server.host else {
+                last = Some(ServerError::Unreachable {
+                    server: server.host.to_string(),
+                    detail: "the PostgreSQL front end connects over TCP only".into(),
+                });
+                continue;
+            };
+            let label = book.label(index);
+            let deadline = plan.connect_timeout();
+            let attempt = tokio::time::timeout(
+                deadline,
+                connect_host(plan, host, server.port, params, label),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ServerError::Timeout {
+                    server: label.to_string(),
                     after: deadline,
                 })
+            });
+            let mut conn = match attempt {
+                Ok(c) => c,
+                Err(e @ ServerError::Refused { .. }) if !e.is_not_now() => return Err(e),
+                Err(e) => {
+                    if !e.is_not_now() {
+                        book.failed(index, &e.to_string());
+                    }
+                    tried.push(e.to_string());
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let kind = match kind_of(&mut conn, deadline).await {
+                Ok(kind) => kind,
+                Err(e) => {
+                    book.failed(index, &e.to_string());
+                    tried.push(e.to_string());
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match book.reached(index, kind, pass) {
+                Some(lease) => {
+                    conn.host = Some(lease);
+                    return Ok(conn);
+                }
+                None => {
+                    terminate(&mut conn.stream).await;
+                    tried.push(format!("{label}: {}", kind.describe()));
+                }
             }
         }
     }
-    Err(last.expect("a connection string names at least one server"))
+    match last {
+        Some(e) if plan.conn().servers.len() == 1 || attrs == SessionAttrs::Any => Err(e),
+        _ => Err(ServerError::NoSuitableServer {
+            wanted: attrs.as_str(),
+            tried: tried.join("; "),
+        }),
+    }
+}
+
+/// [`connect`], tried again with backoff while no listed server can serve (all unreachable,
+/// or none of the wanted kind: a promotion under way) and there is time until `by`. Never
+/// waits past `by`.
+pub async fn connect_until(
+    plan: &ConnectPlan,
+    params: &[(String, String)],
+    by: std::time::Instant,
+) -> Result<ServerConnection, ServerError> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = by.saturating_duration_since(std::time::Instant::now());
+        let result = tokio::time::timeout(left, connect(plan, params))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ServerError::Timeout {
+                    server: plan
+                        .conn()
+                        .servers
+                        .iter()
+                        .map(|s| format!("{}:{}", s.host, s.port))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    after: left,
+                })
+            });
+        match result {
+            Err(e) if e.is_transient() && std::time::Instant::now() + pause < by => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What the server of a new connection is. PostgreSQL 14 and later report both at login;
+/// older servers are asked.
+async fn kind_of(conn: &mut ServerConnection, within: Duration) -> Result<ServerKind, ServerError> {
+    let status = &conn.parameter_status;
+    if let (Some(standby), Some(read_only)) = (
+        reported(status, "in_hot_standby"),
+        reported(status, "default_transaction_read_only"),
+    ) {
+        return Ok(ServerKind {
+            in_recovery: standby == "on",
+            read_only: read_only == "on",
+        });
+    }
+    let row = first_row(
+        conn,
+        "SELECT pg_is_in_recovery()::text, current_setting('default_transaction_read_only')",
+        within,
+    )
+    .await
+    .map_err(|e| ServerError::Unreachable {
+        server: format!("{}:{}", conn.key.addr.0, conn.key.addr.1),
+        detail: format!("the server-kind check failed: {e}"),
+    })?;
+    Ok(ServerKind {
+        in_recovery: row.first().is_some_and(|v| v == "true"),
+        read_only: row.get(1).is_some_and(|v| v == "on"),
+    })
 }
 
 /// Connects to `host` and negotiates TLS as the sslmode says.
@@ -368,6 +514,7 @@ async fn connect_host(
                         connect_timeout: plan.connect_timeout(),
                     },
                     leftover: read,
+                    host: None,
                 });
             }
             _ => return Err(protocol("an unexpected message during login".into())),
@@ -502,6 +649,56 @@ pub async fn run_quietly(
                     })
                 }
                 // CommandComplete, notices, and notifications that arrived before an UNLISTEN.
+                _ => {}
+            }
+        }
+    };
+    match tokio::time::timeout(within, work).await {
+        Ok(Ok(result)) => result,
+        _ => Err(QuietError::Broken),
+    }
+}
+
+/// The text columns of the first row `sql` returns, run for credswap itself on an idle
+/// connection.
+async fn first_row(
+    conn: &mut ServerConnection,
+    sql: &str,
+    within: Duration,
+) -> Result<Vec<String>, QuietError> {
+    let work = async {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf)?;
+        send(&mut conn.stream, &buf).await?;
+        let mut read = BytesMut::new();
+        let mut row = None;
+        let mut failed = None;
+        loop {
+            let (_, message) = next_message(&mut conn.stream, &mut read).await?;
+            match message? {
+                backend::Message::ErrorResponse(body) => {
+                    let (code, message) = error_fields(&body);
+                    failed = Some(QuietError::Server { code, message });
+                }
+                backend::Message::DataRow(body) if row.is_none() => {
+                    let buffer = body.buffer();
+                    let mut values = Vec::new();
+                    let mut ranges = body.ranges();
+                    while let Ok(Some(r)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
+                        values.push(
+                            r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    row = Some(values);
+                }
+                backend::Message::ReadyForQuery(_) => {
+                    return Ok::<_, std::io::Error>(match (failed, row) {
+                        (Some(e), _) => Err(e),
+                        (None, Some(row)) => Ok(row),
+                        (None, None) => Err(QuietError::Broken),
+                    })
+                }
                 _ => {}
             }
         }

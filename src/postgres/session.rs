@@ -271,11 +271,17 @@ async fn begin(
         );
         super::close(taken.close).await;
         fe.kept_now(&name, &generation);
-        if let Some(parked) = taken.conn {
+        if let Some(mut parked) = taken.conn {
+            // One whose host failed or changed since, or that the server closed while it was
+            // parked, is closed and another taken.
+            if parked.is_stale() || !parked.looks_idle() {
+                super::close(vec![parked]).await;
+                continue;
+            }
             fe.metrics.postgres_server_reused(&name);
             break (guard, Ok(parked));
         }
-        match server::connect(generation.pool.plan(), &params).await {
+        match server::connect_until(generation.pool.plan(), &params, connect_by).await {
             Ok(server) => break (guard, Ok(server)),
             Err(e) if moved_on(&e, connect_by, &target, generation.id) => continue,
             Err(e) => break (guard, Err(server_refusal(&target, e))),

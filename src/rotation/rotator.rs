@@ -15,6 +15,7 @@ use super::breaker::Breaker;
 use super::drain::retire;
 use crate::config::{PoolSettings, Source, Target};
 use crate::dsn::{ConnInfo, Host};
+use crate::pool::hosts::{HostChange, OnHostChange};
 use crate::pool::{BuildOptions, PoolError, VerifiedPool};
 use crate::secret::{self, BoxFuture, Credentials, SecretError, SecretSource, Stage};
 use crate::targets::generation::{application_name, Generation};
@@ -462,6 +463,7 @@ impl Rotator {
             ),
             on_auth_failure: Some(self.target.auth_failure.clone()),
             verify_raw: self.verify_raw,
+            on_host_change: Some(failover_event(&self.target, id)),
         };
         let pool = match self
             .builder
@@ -627,3 +629,19 @@ impl Rotator {
 #[cfg(test)]
 #[path = "rotator_tests.rs"]
 mod tests;
+
+/// Emits a `failover` event when generation `id`'s writable connections move to another host.
+/// Holds the target weakly: the generation's pool must not keep its target alive.
+fn failover_event(target: &Arc<TargetHandle>, id: u64) -> OnHostChange {
+    let target = Arc::downgrade(target);
+    OnHostChange::new(move |change: HostChange| {
+        if let Some(t) = target.upgrade() {
+            tracing::warn!(target_name = %t.name(), generation = id, from = %change.from, to = %change.to, "the writable server moved: new connections go to the new one");
+            t.emit(EventKind::Failover {
+                generation: id,
+                from: change.from,
+                to: change.to,
+            });
+        }
+    })
+}

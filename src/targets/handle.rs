@@ -287,6 +287,7 @@ impl TargetHandle {
                     last_connect_error: g.pool.health().last_error().map(|(_, e)| e.to_string()),
                     postgres_sessions: g.sessions.open(),
                     postgres_idle_servers: g.sessions.kept(),
+                    hosts: g.pool.plan().hosts().status(),
                 }
             }
             None => PoolStats {
@@ -321,6 +322,7 @@ impl TargetHandle {
                     remaining_connections: g.pool.state().connections,
                     postgres_sessions: g.sessions.open(),
                     deadline: *deadline,
+                    hosts: g.pool.plan().hosts().status(),
                 })
                 .collect(),
         }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::report::{serialize_ms, RotationReport, Step, Trigger};
+pub use crate::pool::hosts::HostStatus;
 
 pub(crate) fn serialize_time<S: serde::Serializer>(
     t: &SystemTime,
@@ -75,6 +76,9 @@ pub struct PoolStats {
     pub postgres_sessions: usize,
     /// Server connections the PostgreSQL front end keeps idle between its clients.
     pub postgres_idle_servers: usize,
+    /// The connection string's hosts: what each was last seen to be (primary or standby) and
+    /// how many of this generation's connections are on it.
+    pub hosts: Vec<HostStatus>,
 }
 
 /// A generation being drained.
@@ -86,6 +90,8 @@ pub struct DrainingInfo {
     pub postgres_sessions: usize,
     #[serde(serialize_with = "serialize_time")]
     pub deadline: SystemTime,
+    /// Where its remaining connections are.
+    pub hosts: Vec<HostStatus>,
 }
 
 /// Everything the API shows about a target.
@@ -136,6 +142,12 @@ pub enum EventKind {
         duration: std::time::Duration,
         cancelled: usize,
         lease_revoked: Option<bool>,
+    },
+    /// A writable target's new connections went to another host than before (a promotion).
+    Failover {
+        generation: u64,
+        from: String,
+        to: String,
     },
     /// A step of a rotation in progress, for clients that show progress.
     Step {

@@ -159,7 +159,6 @@ impl Cluster {
     }
 
     fn start(tls: bool) -> Cluster {
-        let cache = cache();
         let dir = tempfile::Builder::new()
             .prefix("credswap-test-pg-")
             .tempdir()
@@ -169,11 +168,120 @@ impl Cluster {
         run(
             {
                 let mut c = Command::new("cp");
-                c.arg("-a").arg(&cache.template).arg(&data);
+                c.arg("-a").arg(&cache().template).arg(&data);
                 c
             },
             "copy the template cluster",
         );
+        Self::configure_and_start(dir, tls, None)
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), with TLS as the primary has it,
+    /// on its own port: hot standby, so it serves reads.
+    pub fn standby_of(primary: &Cluster) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("credswap-test-pg-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conninfo = base_backup(dir.path(), primary);
+        Self::configure_and_start(dir, primary.tls, Some(conninfo))
+    }
+
+    /// Makes this (stopped) cluster a standby of `primary` on its own port again: its data is
+    /// replaced by a base backup of the primary, as an old primary rejoins after a failover.
+    pub fn rejoin_as_standby_of(&mut self, primary: &Cluster) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        self.owned = None;
+        run(
+            {
+                let mut c = Command::new("rm");
+                c.arg("-rf").arg(self.dir.path().join("data"));
+                c
+            },
+            "remove the old data directory",
+        );
+        let conninfo = base_backup(self.dir.path(), primary);
+        let conf = self.dir.path().join("data").join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "{text}\nport = {}\nunix_socket_directories = '{}'\n{conninfo}\n",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        self.start_again();
+    }
+
+    /// Promotes this standby and waits until it is a primary; returns how long
+    /// `pg_promote()` took.
+    pub async fn promote(&self) -> std::time::Duration {
+        let admin = self.admin().await;
+        let started = std::time::Instant::now();
+        let promoted: bool = admin
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .expect("pg_promote")
+            .get(0);
+        assert!(
+            promoted,
+            "pg_promote() did not finish within 60 s:\n{}",
+            self.log()
+        );
+        started.elapsed()
+    }
+
+    /// Whether the server is in recovery (a standby).
+    pub async fn in_recovery(&self) -> bool {
+        self.admin()
+            .await
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits (at most 10 s) until the standby has replayed everything the primary has written.
+    pub async fn caught_up_with(&self, primary: &Cluster) {
+        let lsn: String = primary
+            .admin()
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let admin = self.admin().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let done: bool = admin
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if done {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby did not catch up within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    fn configure_and_start(dir: tempfile::TempDir, tls: bool, standby: Option<String>) -> Cluster {
+        let cache = cache();
+        let data = dir.path().join("data");
         for (from, to) in [
             (cache.pki.server_cert(), "server.crt"),
             (cache.pki.server_key(), "server.key"),
@@ -188,11 +296,13 @@ impl Cluster {
         .unwrap();
         let hba = if tls {
             "local all postgres trust\n\
+             local replication postgres trust\n\
              hostssl all certuser 127.0.0.0/8 scram-sha-256 clientcert=verify-full\n\
              hostssl all all 127.0.0.0/8 scram-sha-256\n\
              hostnossl all all 127.0.0.0/8 reject\n"
         } else {
             "local all postgres trust\n\
+             local replication postgres trust\n\
              host all all 127.0.0.0/8 scram-sha-256\n"
         };
         std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
@@ -207,9 +317,10 @@ impl Cluster {
                  ssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n\
                  password_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\n\
                  full_page_writes = off\nshared_buffers = 16MB\nmax_connections = 200\n\
-                 log_min_messages = warning\n",
+                 log_min_messages = warning\n{}\n",
                 dir.path().display(),
                 if tls { "on" } else { "off" },
+                standby.as_deref().unwrap_or(""),
             );
             std::fs::write(data.join("postgresql.auto.conf"), conf).unwrap();
             let log = dir.path().join("server.log");
@@ -377,6 +488,35 @@ impl Cluster {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// Copies `primary` into `dir/data` with `pg_basebackup -R` (standby.signal written); returns
+/// its `primary_conninfo` line, to keep when the configuration is rewritten.
+fn base_backup(dir: &Path, primary: &Cluster) -> String {
+    give_to_postgres(dir);
+    let data = dir.join("data");
+    let mut c = pg_command("pg_basebackup");
+    c.arg("-D")
+        .arg(&data)
+        .arg("-h")
+        .arg(primary.socket_dir())
+        .args([
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ]);
+    run(c, "pg_basebackup");
+    std::fs::read_to_string(data.join("postgresql.auto.conf"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("primary_conninfo"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Records the postmaster of a started cluster (its pid is the first line of postmaster.pid).

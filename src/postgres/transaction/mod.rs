@@ -239,9 +239,19 @@ impl Session<'_> {
                         ),
                     ))
                 }
-                Ok(Grant::Server(server)) => server,
+                Ok(Grant::Server(mut server)) => {
+                    // Its host failed or changed since it was opened, or the server closed it
+                    // while it was idle: closed, and another taken.
+                    if server.conn.is_stale() || !server.conn.looks_idle() {
+                        if let Some(mut gone) = self.pool.give_back(server, false) {
+                            raw::terminate(&mut gone.conn.stream).await;
+                        }
+                        continue;
+                    }
+                    server
+                }
                 Ok(Grant::Open(slot)) => {
-                    match raw::connect(generation.pool.plan(), &self.params).await {
+                    match raw::connect_until(generation.pool.plan(), &self.params, deadline).await {
                         Ok(conn) => Box::new(Server::new(conn, generation.id, self.params.clone(), slot)),
                         Err(e) if moved_on(&e, deadline, &self.target, generation.id) => continue,
                         Err(e) => return Err(server_refusal(&self.target, e)),

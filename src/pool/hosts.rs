@@ -1,0 +1,537 @@
+//! Which of a connection string's hosts a new server connection goes to, and what each host
+//! was last seen to be: libpq 14's `target_session_attrs`, followed across a promotion without
+//! waiting for a rotation. One book per generation, shared by its HTTP pool and the PostgreSQL
+//! front end's raw connections, so both see the same hosts the same way.
+//!
+//! Every new connection learns its server's kind (in recovery, read-only by default) and is
+//! accepted or refused by the target's attributes. A connection remembers its host's *epoch*:
+//! a host found unreachable, or no longer the kind the target wants, has its epoch bumped, and
+//! every connection opened to it before that is dropped at its next checkout instead of being
+//! handed out to fail.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::dsn::{Server, SessionAttrs};
+
+/// A host that failed within this long is tried after the others.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+/// How often a `prefer-standby` target on its fallback looks for a standby again: one of its
+/// fallback connections is given up, and its replacement tries the standbys first.
+const FALLBACK_RECHECK: Duration = Duration::from_secs(5);
+
+/// What a server said it is when a connection was made to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerKind {
+    /// `pg_is_in_recovery()` / `in_hot_standby`: a standby.
+    pub in_recovery: bool,
+    /// `default_transaction_read_only` for a new session.
+    pub read_only: bool,
+}
+
+impl ServerKind {
+    /// Whether a session there can write.
+    pub fn writable(self) -> bool {
+        !self.in_recovery && !self.read_only
+    }
+
+    /// For errors: what this server is.
+    pub fn describe(self) -> &'static str {
+        match (self.in_recovery, self.read_only) {
+            (true, _) => "a standby",
+            (false, true) => {
+                "a primary whose sessions are read-only (default_transaction_read_only)"
+            }
+            (false, false) => "a writable primary",
+        }
+    }
+
+    /// Primary or standby.
+    pub fn role(self) -> Role {
+        if self.in_recovery {
+            Role::Standby
+        } else {
+            Role::Primary
+        }
+    }
+}
+
+/// A server's place in replication, as status and metrics show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// One pass over the hosts: `prefer-standby` makes two, the first for standbys only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Only,
+    Standbys,
+    Fallback,
+}
+
+impl SessionAttrs {
+    /// The passes a connection attempt makes over the hosts.
+    pub fn passes(self) -> &'static [Pass] {
+        match self {
+            SessionAttrs::PreferStandby => &[Pass::Standbys, Pass::Fallback],
+            _ => &[Pass::Only],
+        }
+    }
+
+    /// Whether a server of `kind` serves this target in `pass`.
+    pub fn accepts(self, kind: ServerKind, pass: Pass) -> bool {
+        match (self, pass) {
+            (SessionAttrs::PreferStandby, Pass::Standbys) => kind.in_recovery,
+            (SessionAttrs::PreferStandby, _) | (SessionAttrs::Any, _) => true,
+            (SessionAttrs::ReadWrite, _) => kind.writable(),
+            (SessionAttrs::ReadOnly, _) => !kind.writable(),
+            (SessionAttrs::Primary, _) => !kind.in_recovery,
+            (SessionAttrs::Standby, _) => kind.in_recovery,
+        }
+    }
+
+    /// Whether connections are spread over the acceptable hosts (read-only kinds) rather than
+    /// kept on the first one that answers (libpq's order).
+    fn spreads(self) -> bool {
+        matches!(
+            self,
+            SessionAttrs::Standby | SessionAttrs::PreferStandby | SessionAttrs::ReadOnly
+        )
+    }
+}
+
+/// What the book last saw of a host.
+#[derive(Clone, Debug)]
+enum Seen {
+    Unknown,
+    Up { kind: ServerKind },
+    Down { at: Instant, error: String },
+}
+
+struct Host {
+    label: String,
+    epoch: AtomicU64,
+    open: AtomicUsize,
+    seen: Mutex<(Seen, Option<SystemTime>)>,
+}
+
+/// A writable target's connections moved to another host.
+#[derive(Clone, Debug)]
+pub struct HostChange {
+    pub from: String,
+    pub to: String,
+}
+
+/// Called when a writable target's new connections land on another host than before.
+#[derive(Clone)]
+pub struct OnHostChange(Arc<dyn Fn(HostChange) + Send + Sync>);
+
+impl OnHostChange {
+    pub fn new(f: impl Fn(HostChange) + Send + Sync + 'static) -> Self {
+        OnHostChange(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for OnHostChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnHostChange")
+    }
+}
+
+/// The hosts of one generation and what they were last seen to be.
+pub struct HostBook {
+    attrs: SessionAttrs,
+    hosts: Vec<Host>,
+    /// Where the next spread connection starts looking.
+    next: AtomicUsize,
+    /// The host the last writable connection was made on, for the failover event.
+    writable: Mutex<Option<usize>>,
+    on_change: Option<OnHostChange>,
+    /// Bumped when a standby is reached again: connections made on the fallback are left.
+    fallback_epoch: AtomicU64,
+    /// When a fallback connection was last given up to look for a standby.
+    fallback_recheck: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for HostBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBook")
+            .field("attrs", &self.attrs)
+            .field("hosts", &self.hosts.len())
+            .finish()
+    }
+}
+
+/// A host as status shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    /// What it was when last reached (`None`: never reached).
+    pub role: Option<Role>,
+    pub read_only: Option<bool>,
+    /// Server connections of this generation open to it (HTTP pool and PostgreSQL front end).
+    pub connections: usize,
+    /// Whether the last attempt to reach it failed.
+    pub down: bool,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::targets::status::serialize_opt_time")]
+    pub last_seen_at: Option<SystemTime>,
+}
+
+/// A connection's place on its host: counted while it lives, and stale once the host's epoch
+/// moves on.
+#[derive(Debug)]
+pub struct HostLease {
+    book: Arc<HostBook>,
+    index: usize,
+    epoch: u64,
+    kind: ServerKind,
+    /// Made on `prefer-standby`'s fallback pass: the fallback epoch it was made in.
+    fallback: Option<u64>,
+}
+
+impl HostLease {
+    /// Whether the host was found gone, or no longer what the target wants, since this
+    /// connection was made: it must not be handed out again. A `prefer-standby` connection on
+    /// its fallback is also given up once a standby is back, and one of them every
+    /// few seconds to look for one.
+    pub fn is_stale(&self) -> bool {
+        if self.book.hosts[self.index].epoch.load(Ordering::Acquire) != self.epoch {
+            return true;
+        }
+        let Some(fallback) = self.fallback else {
+            return false;
+        };
+        if self.book.fallback_epoch.load(Ordering::Acquire) != fallback {
+            return true;
+        }
+        let mut last = self.book.fallback_recheck.lock().expect("never poisoned");
+        if last.elapsed() >= FALLBACK_RECHECK {
+            *last = Instant::now();
+            return true;
+        }
+        false
+    }
+
+    /// What the server was when this connection was made.
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// `host:port`.
+    pub fn label(&self) -> &str {
+        &self.book.hosts[self.index].label
+    }
+
+    /// The host of this connection failed (it broke without a word, or a cancel could not
+    /// reach it): every connection to it is dropped at its next checkout.
+    pub fn host_failed(&self, error: &str) {
+        self.book.failed(self.index, error);
+    }
+
+    /// Whether the target wants a writable server.
+    pub fn wants_writable(&self) -> bool {
+        self.book.attrs.wants_writable()
+    }
+
+    /// The server said this target's kind of work cannot run there any more (`25006` on a
+    /// writable target): its connections are dropped, and new ones check again.
+    pub fn host_changed(&self) {
+        if self.book.attrs.wants_writable() {
+            self.book.bump(self.index);
+        }
+    }
+}
+
+impl Drop for HostLease {
+    fn drop(&mut self) {
+        self.book.hosts[self.index]
+            .open
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl HostBook {
+    pub fn new(servers: &[Server], attrs: SessionAttrs, on_change: Option<OnHostChange>) -> Self {
+        HostBook {
+            attrs,
+            hosts: servers
+                .iter()
+                .map(|s| Host {
+                    label: format!("{}:{}", s.host, s.port),
+                    epoch: AtomicU64::new(0),
+                    open: AtomicUsize::new(0),
+                    seen: Mutex::new((Seen::Unknown, None)),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            writable: Mutex::new(None),
+            on_change,
+            fallback_epoch: AtomicU64::new(0),
+            fallback_recheck: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The target's attributes.
+    pub fn attrs(&self) -> SessionAttrs {
+        self.attrs
+    }
+
+    /// The order to try the hosts in for one pass: the connection string's, started at the next
+    /// host for spread kinds; hosts last seen acceptable first, hosts that just failed last.
+    pub fn order(&self, pass: Pass) -> Vec<usize> {
+        let n = self.hosts.len();
+        let start = if self.attrs.spreads() {
+            self.next.fetch_add(1, Ordering::Relaxed) % n.max(1)
+        } else {
+            0
+        };
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        let now = Instant::now();
+        order.sort_by_key(
+            |&i| match &self.hosts[i].seen.lock().expect("never poisoned").0 {
+                Seen::Up { kind, .. } if self.attrs.accepts(*kind, pass) => 0,
+                Seen::Unknown => 1,
+                Seen::Up { .. } => 2,
+                Seen::Down { at, .. } if now.duration_since(*at) < DOWN_FOR => 3,
+                Seen::Down { .. } => 1,
+            },
+        );
+        order
+    }
+
+    /// The label of host `index`.
+    pub fn label(&self, index: usize) -> &str {
+        &self.hosts[index].label
+    }
+
+    /// A connection to host `index` found the server to be `kind`. Returns its lease when the
+    /// target accepts it in `pass`.
+    pub fn reached(
+        self: &Arc<Self>,
+        index: usize,
+        kind: ServerKind,
+        pass: Pass,
+    ) -> Option<HostLease> {
+        let host = &self.hosts[index];
+        let previous = {
+            let mut seen = host.seen.lock().expect("never poisoned");
+            let previous = seen.0.clone();
+            *seen = (Seen::Up { kind }, Some(SystemTime::now()));
+            previous
+        };
+        if let Seen::Up { kind: was, .. } = previous {
+            // The server changed (promoted, or fenced read-only): what was opened before was
+            // opened to something else.
+            if was != kind {
+                self.bump(index);
+            }
+        }
+        if !self.attrs.accepts(kind, pass) {
+            return None;
+        }
+        if self.attrs.wants_writable() {
+            let moved = {
+                let mut writable = self.writable.lock().expect("never poisoned");
+                let from = writable.replace(index);
+                from.filter(|f| *f != index)
+            };
+            if let (Some(from), Some(hook)) = (moved, &self.on_change) {
+                (hook.0)(HostChange {
+                    from: self.hosts[from].label.clone(),
+                    to: host.label.clone(),
+                });
+            }
+        }
+        let fallback = match pass {
+            Pass::Fallback if !kind.in_recovery => {
+                Some(self.fallback_epoch.load(Ordering::Acquire))
+            }
+            Pass::Standbys => {
+                // A standby serves again: what runs on the fallback moves back to standbys.
+                self.fallback_epoch.fetch_add(1, Ordering::AcqRel);
+                None
+            }
+            _ => None,
+        };
+        host.open.fetch_add(1, Ordering::AcqRel);
+        Some(HostLease {
+            book: self.clone(),
+            index,
+            epoch: host.epoch.load(Ordering::Acquire),
+            kind,
+            fallback,
+        })
+    }
+
+    /// A connection attempt to host `index` failed before the server said what it is.
+    pub fn failed(&self, index: usize, error: &str) {
+        let host = &self.hosts[index];
+        let was_up = {
+            let mut seen = host.seen.lock().expect("never poisoned");
+            let was_up = matches!(seen.0, Seen::Up { .. });
+            seen.0 = Seen::Down {
+                at: Instant::now(),
+                error: error.to_string(),
+            };
+            was_up
+        };
+        if was_up {
+            self.bump(index);
+        }
+    }
+
+    fn bump(&self, index: usize) {
+        self.hosts[index].epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Every host, for status.
+    pub fn status(&self) -> Vec<HostStatus> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let (seen, at) = h.seen.lock().expect("never poisoned").clone();
+                let (role, read_only, down, last_error) = match seen {
+                    Seen::Unknown => (None, None, false, None),
+                    Seen::Up { kind, .. } => (Some(kind.role()), Some(kind.read_only), false, None),
+                    Seen::Down { error, .. } => (None, None, true, Some(error)),
+                };
+                HostStatus {
+                    host: h.label.clone(),
+                    role,
+                    read_only,
+                    connections: h.open.load(Ordering::Acquire),
+                    down,
+                    last_error,
+                    last_seen_at: at,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsn::Host as DsnHost;
+
+    const PRIMARY: ServerKind = ServerKind {
+        in_recovery: false,
+        read_only: false,
+    };
+    const STANDBY: ServerKind = ServerKind {
+        in_recovery: true,
+        read_only: false,
+    };
+    const FENCED: ServerKind = ServerKind {
+        in_recovery: false,
+        read_only: true,
+    };
+
+    fn servers(n: u16) -> Vec<Server> {
+        (0..n)
+            .map(|i| Server {
+                host: DsnHost::Tcp(format!("h{i}")),
+                port: 5432,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attributes_as_libpq_14_has_them() {
+        use SessionAttrs::*;
+        let table = [
+            (Any, [true, true, true]),
+            (ReadWrite, [true, false, false]),
+            (ReadOnly, [false, true, true]),
+            (Primary, [true, false, true]),
+            (Standby, [false, true, false]),
+        ];
+        for (attrs, want) in table {
+            for (kind, w) in [PRIMARY, STANDBY, FENCED].into_iter().zip(want) {
+                assert_eq!(attrs.accepts(kind, Pass::Only), w, "{attrs:?} {kind:?}");
+            }
+        }
+        assert!(PreferStandby.accepts(STANDBY, Pass::Standbys));
+        assert!(!PreferStandby.accepts(PRIMARY, Pass::Standbys));
+        assert!(PreferStandby.accepts(PRIMARY, Pass::Fallback));
+    }
+
+    #[test]
+    fn a_failed_host_goes_last_and_its_connections_go_stale() {
+        let book = Arc::new(HostBook::new(&servers(2), SessionAttrs::ReadWrite, None));
+        assert_eq!(book.order(Pass::Only), vec![0, 1]);
+        let lease = book.reached(0, PRIMARY, Pass::Only).expect("writable");
+        assert!(!lease.is_stale());
+        book.failed(0, "refused");
+        assert!(lease.is_stale());
+        assert_eq!(book.order(Pass::Only), vec![1, 0]);
+        drop(lease);
+        assert_eq!(book.status()[0].connections, 0);
+    }
+
+    #[test]
+    fn a_promotion_is_reported_once_and_a_demoted_host_goes_stale() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let hook = OnHostChange::new(move |c: HostChange| {
+            s.lock().unwrap().push((c.from, c.to));
+        });
+        let book = Arc::new(HostBook::new(
+            &servers(2),
+            SessionAttrs::ReadWrite,
+            Some(hook),
+        ));
+        let old = book.reached(0, PRIMARY, Pass::Only).unwrap();
+        assert!(book.reached(1, STANDBY, Pass::Only).is_none());
+        let new = book.reached(1, PRIMARY, Pass::Only).unwrap();
+        let _again = book.reached(1, PRIMARY, Pass::Only).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![("h0:5432".to_string(), "h1:5432".to_string())]
+        );
+        // The old primary comes back as a standby: what was opened to it before is stale.
+        assert!(book.reached(0, STANDBY, Pass::Only).is_none());
+        assert!(old.is_stale());
+        assert!(!new.is_stale());
+        assert_eq!(book.order(Pass::Only), vec![1, 0]);
+        let status = book.status();
+        assert_eq!(status[0].role, Some(Role::Standby));
+        assert_eq!(status[1].connections, 2);
+    }
+
+    #[test]
+    fn standbys_are_spread_and_prefer_standby_falls_back() {
+        let book = Arc::new(HostBook::new(
+            &servers(3),
+            SessionAttrs::PreferStandby,
+            None,
+        ));
+        let firsts: Vec<usize> = (0..3).map(|_| book.order(Pass::Standbys)[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 2]);
+        let _p = book.reached(0, PRIMARY, Pass::Fallback).unwrap();
+        assert!(book.reached(0, PRIMARY, Pass::Standbys).is_none());
+        let _s = book.reached(2, STANDBY, Pass::Standbys).unwrap();
+        assert!(
+            _p.is_stale(),
+            "a standby is back: the fallback connection is left"
+        );
+        assert_eq!(book.order(Pass::Standbys)[0], 2);
+        assert!(!_s.is_stale());
+    }
+}
