@@ -13,8 +13,11 @@ use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{CancelError, ConnectError};
-use super::hosts::{HostBook, HostLease, OnHostChange, ServerKind};
+use super::hosts::{HostBook, HostLease, ServerKind};
+use super::BuildOptions;
+use crate::config::PoolSettings;
 use crate::dsn::{ConnInfo, Host, Server};
+use crate::secret::Credentials;
 use crate::tls::SslMode;
 
 /// Everything needed to open a connection for one pool: fixed when the pool is built, so every
@@ -37,32 +40,29 @@ impl ConnectPlan {
     pub fn new(
         conn: ConnInfo,
         tls: Option<Arc<rustls::ClientConfig>>,
-        username: String,
-        password: SecretString,
-        application_name: String,
-        statement_timeout: Duration,
-        connect_timeout: Duration,
-        on_host_change: Option<OnHostChange>,
+        creds: &Credentials,
+        settings: &PoolSettings,
+        build: &BuildOptions,
     ) -> Self {
         let mut options: Vec<String> = conn.options.iter().cloned().collect();
-        if !statement_timeout.is_zero() {
+        if !settings.statement_timeout.is_zero() {
             options.push(format!(
                 "-c statement_timeout={}",
-                statement_timeout.as_millis()
+                settings.statement_timeout.as_millis()
             ));
         }
         ConnectPlan {
             tls: tls.as_ref().map(|c| MakeRustlsConnect::new((**c).clone())),
             tls_config: tls,
-            username,
-            password,
-            application_name,
+            username: creds.username.clone(),
+            password: creds.password.clone(),
+            application_name: build.application_name.clone(),
             options: (!options.is_empty()).then(|| options.join(" ")),
-            connect_timeout: conn.connect_timeout.unwrap_or(connect_timeout),
+            connect_timeout: conn.connect_timeout.unwrap_or(settings.connect_timeout),
             hosts: Arc::new(HostBook::new(
                 &conn.servers,
                 conn.session_attrs,
-                on_host_change,
+                build.on_host_change.clone(),
             )),
             conn,
         }

@@ -203,6 +203,8 @@ pub struct HostLease {
     kind: ServerKind,
     /// Made on `prefer-standby`'s fallback pass: the fallback epoch it was made in.
     fallback: Option<u64>,
+    /// Given up to look for a standby (stays stale from then on).
+    given_up: std::sync::atomic::AtomicBool,
 }
 
 impl HostLease {
@@ -217,15 +219,24 @@ impl HostLease {
         let Some(fallback) = self.fallback else {
             return false;
         };
-        if self.book.fallback_epoch.load(Ordering::Acquire) != fallback {
+        if self.given_up.load(Ordering::Acquire)
+            || self.book.fallback_epoch.load(Ordering::Acquire) != fallback
+        {
             return true;
         }
         let mut last = self.book.fallback_recheck.lock().expect("never poisoned");
         if last.elapsed() >= FALLBACK_RECHECK {
             *last = Instant::now();
+            self.given_up.store(true, Ordering::Release);
             return true;
         }
         false
+    }
+
+    /// Whether this connection was given up to look for a standby: the caller opens its
+    /// replacement now (standbys first), rather than waiting until the pool runs short.
+    pub fn looks_for_standby(&self) -> bool {
+        self.given_up.load(Ordering::Acquire)
     }
 
     /// What the server was when this connection was made.
@@ -376,6 +387,7 @@ impl HostBook {
             epoch: host.epoch.load(Ordering::Acquire),
             kind,
             fallback,
+            given_up: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -179,12 +179,9 @@ impl VerifiedPool {
         let plan = Arc::new(ConnectPlan::new(
             conn.clone(),
             tls,
-            creds.username.clone(),
-            creds.password.clone(),
-            options.application_name.clone(),
-            settings.statement_timeout,
-            settings.connect_timeout,
-            options.on_host_change.clone(),
+            creds,
+            settings,
+            &options,
         ));
         let (client, host) = plan.connect().await?;
         let connected = Instant::now();
@@ -219,12 +216,9 @@ impl VerifiedPool {
         let plan = Arc::new(ConnectPlan::new(
             conn.clone(),
             tls::client_config(&conn.tls)?,
-            creds.username.clone(),
-            creds.password.clone(),
-            options.application_name.clone(),
-            settings.statement_timeout,
-            settings.connect_timeout,
-            None,
+            creds,
+            settings,
+            &options,
         ));
         Ok(Self::assemble(
             plan,
@@ -320,7 +314,19 @@ impl VerifiedPool {
             match got {
                 // Closed, or on a host found gone or changed since it was opened: dropped here
                 // (bb8 closes it), and the next one is taken.
-                Ok(Ok(conn)) if conn.is_closed() || conn.host().is_stale() => continue,
+                Ok(Ok(conn)) if conn.is_closed() || conn.host().is_stale() => {
+                    let look = conn.host().looks_for_standby();
+                    drop(conn);
+                    if look {
+                        // A prefer-standby pool on its fallback: the replacement is opened
+                        // now, standbys first; reaching one moves the others back too.
+                        let opened = tokio::time::timeout_at(deadline, self.plan.connect()).await;
+                        if let Ok(Ok((client, host))) = opened {
+                            let _ = self.pool.add(ServerConn::new(client, host));
+                        }
+                    }
+                    continue;
+                }
                 Ok(Ok(conn)) => {
                     let id = self.in_use.next.fetch_add(1, Ordering::Relaxed);
                     self.in_use
