@@ -19,12 +19,17 @@ OpenBao with its database engine -- then measures, in one run:
              direct, PgBouncer's transaction pool, credswap's pool_mode = "transaction"
              (medians of BENCH_TXN_REPEAT alternated runs); rotations under 64 clients
 
+  failover   BENCH_FAILOVERS (default 5) promotions of a streaming standby under 64 writers
+             through a read-write transaction-mode target: primary stop to the first write on
+             the new primary (p50) against pg_promote's own time; failed writes
+             (dev/bench_failover.py)
+
   abuse      the front door under abuse: forged webhooks, /v1/health under a forged flood and
              under 10,000 idle connections, RSS under maximal batches (dev/bench_abuse.py)
 
 Prints a table and writes target/bench/results.json. Environment: BENCH_SECONDS (measured time
 per hop run, default 5), BENCH_ROTATIONS (default 100), BENCH_PHASES (a comma list of memory,
-hop, wire, transaction, rotation, abuse; default all), BENCH_TXN_REPEAT (runs per transaction-mode
+hop, wire, transaction, rotation, abuse, failover; default all), BENCH_TXN_REPEAT (runs per transaction-mode
 row, medians reported; default 3).
 """
 import json
@@ -42,6 +47,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_abuse  # noqa: E402
+import bench_failover  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -50,7 +56,7 @@ BENCH = os.path.join(RELEASE, "credswap-bench")
 VENV = os.path.join(ROOT, ".venv", "bin")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROTATIONS = int(os.environ.get("BENCH_ROTATIONS", "100"))
-ALL_PHASES = ("memory", "hop", "wire", "transaction", "rotation", "abuse")
+ALL_PHASES = ("memory", "hop", "wire", "transaction", "rotation", "abuse", "failover")
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
 CLIENTS = [1, 16, 64]
 TXN_REPEAT = int(os.environ.get("BENCH_TXN_REPEAT", "3"))
@@ -629,6 +635,16 @@ def table(r):
         lines += rotation_table(r)
     if "wire" in r:
         lines += wire_table(r)
+    if "failover" in r:
+        f = r["failover"]
+        lines.append("")
+        lines.append(f"failover ({len(f['rounds'])} promotions, {f['writers']} writers): primary stop to first write on the "
+                     f"new primary p50 {f['stop_to_first_write_ms_p50']} ms; pg_promote p50 {f['pg_promote_ms_p50']} ms; "
+                     f"{f['failed']} writes failed, {f['failed_after_promotion']} of them after the promotion")
+        for i, x in enumerate(f["rounds"], 1):
+            lines.append(f"  {i}: stop {x['pg_ctl_stop_ms']} ms, promote {x['pg_promote_ms']} ms, first write "
+                         f"{x['stop_to_first_write_ms']} ms; {x['writes']} writes, {x['failed']} failed "
+                         f"({x['failed_in_flight_at_stop']} in flight at the stop, {x['failed_after_promotion']} after the promotion)")
     if "transaction" in r:
         lines += transaction_table(r)
     if "memory" in r:
@@ -764,6 +780,9 @@ def main():
         if "abuse" in PHASES:
             log("the front door under abuse")
             results["abuse"] = bench_abuse.run(b)
+        if "failover" in PHASES:
+            log("failover under 64 writers")
+            results["failover"] = bench_failover.run(b, sys.modules[__name__])
         results["wall_s"] = round(time.monotonic() - started, 1)
     finally:
         b.stop_all()

@@ -6,7 +6,8 @@
 //! - [`config`]: the TOML file, environment overrides, validation; source settings, durations.
 //! - [`dsn`], [`tls`]: libpq connection strings; rustls for each `sslmode`.
 //! - [`secret`]: the `SecretSource` trait and its AWS, Vault/OpenBao, file and dev sources.
-//! - [`pool`]: verified pools of one generation (tokio-postgres on bb8).
+//! - [`pool`]: verified pools of one generation (tokio-postgres on bb8), and which listed host
+//!   each new connection goes to (`pool::hosts`: `target_session_attrs`, failover).
 //! - [`rotation`]: the control side: one rotator per target (fetch, build, verify, swap),
 //!   drains, the breaker, the engine that runs them. Where a rotation happens.
 //! - [`targets`]: the request side: one handle per target (current generation, checkout,

@@ -106,6 +106,8 @@ struct Attempt {
     started: Instant,
     ended: Instant,
     ok: bool,
+    /// The port of the server the write landed on.
+    port: Option<i64>,
 }
 
 /// Writers through the HTTP API and through the PostgreSQL front end until `stop`.
@@ -120,17 +122,18 @@ fn writers(
         set.spawn(async move {
             while !*stop.borrow() {
                 let started = Instant::now();
-                let (s, _, _) = front
+                let (s, v, _) = front
                     .daemon
                     .query(
                         "rw",
-                        json!({"sql": "INSERT INTO writes (via) VALUES ($1)", "params": [format!("api{i}")]}),
+                        json!({"sql": "INSERT INTO writes (via) VALUES ($1) RETURNING inet_server_port()", "params": [format!("api{i}")]}),
                     )
                     .await;
                 log.lock().unwrap().push(Attempt {
                     started,
                     ended: Instant::now(),
                     ok: s == 200,
+                    port: v["rows"][0][0].as_i64(),
                 });
             }
         });
@@ -144,23 +147,25 @@ fn writers(
                 if client.is_none() {
                     client = front.client("rw").await.ok();
                 }
-                let ok = match &client {
+                let port = match &client {
                     Some(c) => c
-                        .execute(
-                            "INSERT INTO writes (via) VALUES ($1)",
+                        .query_one(
+                            "INSERT INTO writes (via) VALUES ($1) RETURNING inet_server_port()",
                             &[&format!("wire{i}")],
                         )
                         .await
-                        .is_ok(),
-                    None => false,
+                        .ok()
+                        .map(|row| i64::from(row.get::<_, i32>(0))),
+                    None => None,
                 };
-                if !ok {
+                if port.is_none() {
                     client = None;
                 }
                 log.lock().unwrap().push(Attempt {
                     started,
                     ended: Instant::now(),
-                    ok,
+                    ok: port.is_some(),
+                    port,
                 });
             }
         });
@@ -236,13 +241,12 @@ async fn a_read_write_target_follows_a_promotion() {
     let failed: Vec<&Attempt> = attempts.iter().filter(|a| !a.ok).collect();
     let in_flight = failed.iter().filter(|a| a.started < stopped_at).count();
     let meanwhile = failed.len() - in_flight;
-    // A write that ended after the primary was down went to the new primary.
     let first_write = attempts
         .iter()
-        .filter(|a| a.ok && a.ended > down_at)
+        .filter(|a| a.ok && a.port == Some(i64::from(standby.port())))
         .map(|a| a.ended - stopped_at)
         .min()
-        .expect("a write succeeded after the stop");
+        .expect("a write landed on the new primary");
     eprintln!(
         "failover: {} writes, {} failed ({in_flight} in flight at the stop, {meanwhile} after it); \
          pg_ctl stop took {:?}, pg_promote {promote_took:?}; stop to first successful write {first_write:?}",
