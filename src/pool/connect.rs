@@ -133,54 +133,30 @@ impl ConnectPlan {
     /// (`prefer-standby`: standbys first, then any). When none is, the error names what each
     /// host was.
     pub async fn connect(&self) -> Result<(Client, HostLease), ConnectError> {
-        let attrs = self.hosts.attrs();
-        let mut tried: Vec<String> = Vec::new();
-        let mut last = None;
-        for &pass in attrs.passes() {
-            for index in self.hosts.order(pass) {
-                let server = &self.conn.servers[index];
-                let client = match self.connect_server(server).await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        if !e.is_server_refusal() {
-                            self.hosts.failed(index, &e.to_string());
-                        }
-                        if e.is_auth() {
-                            return Err(e);
-                        }
-                        tried.push(e.to_string());
-                        last = Some(e);
-                        continue;
-                    }
-                };
-                let kind = match server_kind(&client, self.connect_timeout).await {
-                    Ok(kind) => kind,
-                    Err(detail) => {
-                        let e = ConnectError::Unreachable {
-                            server: self.hosts.label(index).to_string(),
-                            detail,
-                        };
-                        self.hosts.failed(index, &e.to_string());
-                        tried.push(e.to_string());
-                        last = Some(e);
-                        continue;
-                    }
-                };
-                if let Some(lease) = self.hosts.reached(index, kind, pass) {
-                    return Ok((client, lease));
+        let mut walk = self.hosts.walk();
+        while let Some(index) = walk.next_host() {
+            let client = match self.connect_server(&self.conn.servers[index]).await {
+                Ok(client) => client,
+                Err(e) if e.is_auth() => return Err(e),
+                Err(e) => {
+                    let down = !e.is_server_refusal();
+                    walk.missed(index, e, down);
+                    continue;
                 }
-                tried.push(format!("{}: {}", self.hosts.label(index), kind.describe()));
+            };
+            match server_kind(&client, self.connect_timeout).await {
+                Ok(kind) => {
+                    if let Some(lease) = walk.reached(index, kind) {
+                        return Ok((client, lease));
+                    }
+                }
+                Err(detail) => {
+                    let server = self.hosts.label(index).to_string();
+                    walk.missed(index, ConnectError::Unreachable { server, detail }, true);
+                }
             }
         }
-        match (attrs, last) {
-            // One host, and it could not be reached: its own error says it best.
-            (_, Some(e)) if self.conn.servers.len() == 1 => Err(e),
-            (crate::dsn::SessionAttrs::Any, Some(e)) => Err(e),
-            _ => Err(ConnectError::NoSuitableServer {
-                wanted: attrs.as_str(),
-                tried: tried.join("; "),
-            }),
-        }
+        Err(walk.finish(|wanted, tried| ConnectError::NoSuitableServer { wanted, tried }))
     }
 
     async fn connect_server(&self, server: &Server) -> Result<Client, ConnectError> {

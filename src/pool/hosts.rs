@@ -200,7 +200,6 @@ pub struct HostLease {
     book: Arc<HostBook>,
     index: usize,
     epoch: u64,
-    kind: ServerKind,
     /// Made on `prefer-standby`'s fallback pass: the fallback epoch it was made in.
     fallback: Option<u64>,
     /// Given up to look for a standby (stays stale from then on).
@@ -239,11 +238,6 @@ impl HostLease {
         self.given_up.load(Ordering::Acquire)
     }
 
-    /// What the server was when this connection was made.
-    pub fn kind(&self) -> ServerKind {
-        self.kind
-    }
-
     /// `host:port`.
     pub fn label(&self) -> &str {
         &self.book.hosts[self.index].label
@@ -263,8 +257,67 @@ impl HostLease {
     /// The server said this target's kind of work cannot run there any more (`25006` on a
     /// writable target): its connections are dropped, and new ones check again.
     pub fn host_changed(&self) {
-        if self.book.attrs.wants_writable() {
-            self.book.bump(self.index);
+        self.book.bump(self.index);
+    }
+}
+
+/// One new connection's way over the hosts (`prefer-standby`: standbys, then any): the caller
+/// connects to each host [`Walk::next_host`] names and says what came of it; the walk keeps
+/// the book and, when no host serves, the error.
+pub struct Walk<'a, E> {
+    book: &'a Arc<HostBook>,
+    pass: usize,
+    order: Vec<usize>,
+    at: usize,
+    /// What each host was, for the error when none serves.
+    tried: Vec<String>,
+    last: Option<E>,
+}
+
+impl<E: std::fmt::Display> Walk<'_, E> {
+    /// The next host to try, `None` when all were tried in every pass.
+    pub fn next_host(&mut self) -> Option<usize> {
+        let passes = self.book.attrs.passes();
+        while self.at == self.order.len() {
+            self.pass += 1;
+            if self.pass == passes.len() {
+                return None;
+            }
+            self.order = self.book.order(passes[self.pass]);
+            self.at = 0;
+        }
+        self.at += 1;
+        Some(self.order[self.at - 1])
+    }
+
+    /// Host `index` was reached and is `kind`: its lease when the target accepts it in this
+    /// pass (else the caller closes the connection).
+    pub fn reached(&mut self, index: usize, kind: ServerKind) -> Option<HostLease> {
+        let pass = self.book.attrs.passes()[self.pass];
+        let lease = self.book.reached(index, kind, pass);
+        if lease.is_none() {
+            self.tried
+                .push(format!("{}: {}", self.book.label(index), kind.describe()));
+        }
+        lease
+    }
+
+    /// Host `index` was not reached. `down`: the host itself failed (unreachable, TLS, no
+    /// answer), rather than a running server refusing for now.
+    pub fn missed(&mut self, index: usize, error: E, down: bool) {
+        if down {
+            self.book.failed(index, &error.to_string());
+        }
+        self.tried.push(error.to_string());
+        self.last = Some(error);
+    }
+
+    /// The error when no host served: the host's own for a single host or `any`, else
+    /// `none_fits(wanted, what each host was)`.
+    pub fn finish(self, none_fits: impl FnOnce(&'static str, String) -> E) -> E {
+        match self.last {
+            Some(e) if self.book.hosts.len() == 1 || self.book.attrs == SessionAttrs::Any => e,
+            _ => none_fits(self.book.attrs.as_str(), self.tried.join("; ")),
         }
     }
 }
@@ -326,6 +379,18 @@ impl HostBook {
         order
     }
 
+    /// The hosts to try for one new connection, in order over the attributes' passes.
+    pub fn walk<E>(self: &Arc<Self>) -> Walk<'_, E> {
+        Walk {
+            book: self,
+            pass: 0,
+            order: self.order(self.attrs.passes()[0]),
+            at: 0,
+            tried: Vec::new(),
+            last: None,
+        }
+    }
+
     /// The label of host `index`.
     pub fn label(&self, index: usize) -> &str {
         &self.hosts[index].label
@@ -385,7 +450,6 @@ impl HostBook {
             book: self.clone(),
             index,
             epoch: host.epoch.load(Ordering::Acquire),
-            kind,
             fallback,
             given_up: std::sync::atomic::AtomicBool::new(false),
         })
@@ -528,6 +592,52 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_tries_every_pass_and_names_what_each_host_was() {
+        // prefer-standby with no standby up: the primary is refused in the standby pass and
+        // taken in the fallback pass, which tries it first.
+        let book = Arc::new(HostBook::new(
+            &servers(2),
+            SessionAttrs::PreferStandby,
+            None,
+        ));
+        let mut walk = book.walk::<String>();
+        let mut seen = Vec::new();
+        let lease = loop {
+            let i = walk
+                .next_host()
+                .expect("the fallback pass accepts the primary");
+            seen.push(i);
+            if i == 1 {
+                walk.missed(1, "h1:5432: refused".into(), true);
+            } else if let Some(lease) = walk.reached(0, PRIMARY) {
+                break lease;
+            }
+        };
+        assert_eq!(seen, vec![0, 1, 0]);
+        assert!(lease.fallback.is_some());
+
+        // read-write, nothing writable: the error names each host.
+        let book = Arc::new(HostBook::new(&servers(2), SessionAttrs::ReadWrite, None));
+        let mut walk = book.walk::<String>();
+        while let Some(i) = walk.next_host() {
+            match i {
+                0 => walk.missed(0, "h0:5432: refused".into(), true),
+                _ => assert!(walk.reached(1, STANDBY).is_none()),
+            }
+        }
+        let error = walk.finish(|wanted, tried| format!("{wanted}: {tried}"));
+        assert_eq!(error, "read-write: h0:5432: refused; h1:5432: a standby");
+
+        // One host: its own error.
+        let single = Arc::new(HostBook::new(&servers(1), SessionAttrs::ReadWrite, None));
+        let mut walk = single.walk::<String>();
+        let i = walk.next_host().unwrap();
+        walk.missed(i, "h0:5432: refused".into(), true);
+        assert_eq!(walk.next_host(), None);
+        assert_eq!(walk.finish(|_, _| unreachable!()), "h0:5432: refused");
+    }
+
+    #[test]
     fn standbys_are_spread_and_prefer_standby_falls_back() {
         let book = Arc::new(HostBook::new(
             &servers(3),
@@ -536,14 +646,14 @@ mod tests {
         ));
         let firsts: Vec<usize> = (0..3).map(|_| book.order(Pass::Standbys)[0]).collect();
         assert_eq!(firsts, vec![0, 1, 2]);
-        let _p = book.reached(0, PRIMARY, Pass::Fallback).unwrap();
+        let on_primary = book.reached(0, PRIMARY, Pass::Fallback).unwrap();
         assert!(book.reached(0, PRIMARY, Pass::Standbys).is_none());
-        let _s = book.reached(2, STANDBY, Pass::Standbys).unwrap();
+        let on_standby = book.reached(2, STANDBY, Pass::Standbys).unwrap();
         assert!(
-            _p.is_stale(),
+            on_primary.is_stale(),
             "a standby is back: the fallback connection is left"
         );
         assert_eq!(book.order(Pass::Standbys)[0], 2);
-        assert!(!_s.is_stale());
+        assert!(!on_standby.is_stale());
     }
 }

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::dsn::{Host, SessionAttrs};
+use crate::dsn::Host;
 use crate::pool::hosts::{HostLease, ServerKind};
 use crate::pool::{ConnectPlan, PoolError};
 use crate::tls::SslMode;
@@ -180,72 +180,52 @@ pub async fn connect(
     params: &[(String, String)],
 ) -> Result<ServerConnection, ServerError> {
     let book = plan.hosts();
-    let attrs = book.attrs();
-    let mut last = None;
-    let mut tried = Vec::new();
-    for &pass in attrs.passes() {
-        for index in book.order(pass) {
-            let server = &plan.conn().servers[index];
-            let Host::Tcp(host) = &server.host else {
-                last = Some(ServerError::Unreachable {
-                    server: server.host.to_string(),
-                    detail: "the PostgreSQL front end connects over TCP only".into(),
-                });
+    let deadline = plan.connect_timeout();
+    let mut walk = book.walk();
+    while let Some(index) = walk.next_host() {
+        let server = &plan.conn().servers[index];
+        let Host::Tcp(host) = &server.host else {
+            let detail = "the PostgreSQL front end connects over TCP only".into();
+            let server = server.host.to_string();
+            walk.missed(index, ServerError::Unreachable { server, detail }, false);
+            continue;
+        };
+        let label = book.label(index);
+        let attempt = tokio::time::timeout(
+            deadline,
+            connect_host(plan, host, server.port, params, label),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ServerError::Timeout {
+                server: label.to_string(),
+                after: deadline,
+            })
+        });
+        let mut conn = match attempt {
+            Ok(c) => c,
+            Err(e) if e.is_not_now() => {
+                walk.missed(index, e, false);
                 continue;
-            };
-            let label = book.label(index);
-            let deadline = plan.connect_timeout();
-            let attempt = tokio::time::timeout(
-                deadline,
-                connect_host(plan, host, server.port, params, label),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(ServerError::Timeout {
-                    server: label.to_string(),
-                    after: deadline,
-                })
-            });
-            let mut conn = match attempt {
-                Ok(c) => c,
-                Err(e @ ServerError::Refused { .. }) if !e.is_not_now() => return Err(e),
-                Err(e) => {
-                    if !e.is_not_now() {
-                        book.failed(index, &e.to_string());
-                    }
-                    tried.push(e.to_string());
-                    last = Some(e);
-                    continue;
-                }
-            };
-            let kind = match kind_of(&mut conn, deadline).await {
-                Ok(kind) => kind,
-                Err(e) => {
-                    book.failed(index, &e.to_string());
-                    tried.push(e.to_string());
-                    last = Some(e);
-                    continue;
-                }
-            };
-            match book.reached(index, kind, pass) {
+            }
+            Err(e @ ServerError::Refused { .. }) => return Err(e),
+            Err(e) => {
+                walk.missed(index, e, true);
+                continue;
+            }
+        };
+        match kind_of(&mut conn, deadline).await {
+            Ok(kind) => match walk.reached(index, kind) {
                 Some(lease) => {
                     conn.host = Some(lease);
                     return Ok(conn);
                 }
-                None => {
-                    terminate(&mut conn.stream).await;
-                    tried.push(format!("{label}: {}", kind.describe()));
-                }
-            }
+                None => terminate(&mut conn.stream).await,
+            },
+            Err(e) => walk.missed(index, e, true),
         }
     }
-    match last {
-        Some(e) if plan.conn().servers.len() == 1 || attrs == SessionAttrs::Any => Err(e),
-        _ => Err(ServerError::NoSuitableServer {
-            wanted: attrs.as_str(),
-            tried: tried.join("; "),
-        }),
-    }
+    Err(walk.finish(|wanted, tried| ServerError::NoSuitableServer { wanted, tried }))
 }
 
 /// [`connect`], tried again with backoff while no listed server can serve (all unreachable,
@@ -622,6 +602,44 @@ pub async fn run_quietly(
     sql: &str,
     within: Duration,
 ) -> Result<Vec<(String, String)>, QuietError> {
+    run_for_self(conn, sql, within, |_| {}).await
+}
+
+/// The text columns of the first row `sql` returns, run for credswap itself on an idle
+/// connection.
+async fn first_row(
+    conn: &mut ServerConnection,
+    sql: &str,
+    within: Duration,
+) -> Result<Vec<String>, QuietError> {
+    let mut first = None;
+    run_for_self(conn, sql, within, |row| {
+        if first.is_none() {
+            let buffer = row.buffer();
+            let mut values = Vec::new();
+            let mut ranges = row.ranges();
+            while let Ok(Some(r)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
+                values.push(
+                    r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+            first = Some(values);
+        }
+    })
+    .await?;
+    first.ok_or(QuietError::Broken)
+}
+
+/// Sends `sql` as a simple query and reads its answers up to `ReadyForQuery`, handing each
+/// row to `row`; the `ParameterStatus` messages it produced come back. An error, an answer not
+/// idle, anything after it, or no answer within `within` fails.
+async fn run_for_self(
+    conn: &mut ServerConnection,
+    sql: &str,
+    within: Duration,
+    mut row: impl FnMut(&backend::DataRowBody),
+) -> Result<Vec<(String, String)>, QuietError> {
     let work = async {
         let mut buf = BytesMut::new();
         frontend::query(sql, &mut buf)?;
@@ -641,6 +659,7 @@ pub async fn run_quietly(
                         status.push((name.to_string(), value.to_string()));
                     }
                 }
+                backend::Message::DataRow(body) => row(&body),
                 backend::Message::ReadyForQuery(r) => {
                     return Ok::<_, std::io::Error>(match failed {
                         Some(e) => Err(e),
@@ -649,56 +668,6 @@ pub async fn run_quietly(
                     })
                 }
                 // CommandComplete, notices, and notifications that arrived before an UNLISTEN.
-                _ => {}
-            }
-        }
-    };
-    match tokio::time::timeout(within, work).await {
-        Ok(Ok(result)) => result,
-        _ => Err(QuietError::Broken),
-    }
-}
-
-/// The text columns of the first row `sql` returns, run for credswap itself on an idle
-/// connection.
-async fn first_row(
-    conn: &mut ServerConnection,
-    sql: &str,
-    within: Duration,
-) -> Result<Vec<String>, QuietError> {
-    let work = async {
-        let mut buf = BytesMut::new();
-        frontend::query(sql, &mut buf)?;
-        send(&mut conn.stream, &buf).await?;
-        let mut read = BytesMut::new();
-        let mut row = None;
-        let mut failed = None;
-        loop {
-            let (_, message) = next_message(&mut conn.stream, &mut read).await?;
-            match message? {
-                backend::Message::ErrorResponse(body) => {
-                    let (code, message) = error_fields(&body);
-                    failed = Some(QuietError::Server { code, message });
-                }
-                backend::Message::DataRow(body) if row.is_none() => {
-                    let buffer = body.buffer();
-                    let mut values = Vec::new();
-                    let mut ranges = body.ranges();
-                    while let Ok(Some(r)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
-                        values.push(
-                            r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())
-                                .unwrap_or_default(),
-                        );
-                    }
-                    row = Some(values);
-                }
-                backend::Message::ReadyForQuery(_) => {
-                    return Ok::<_, std::io::Error>(match (failed, row) {
-                        (Some(e), _) => Err(e),
-                        (None, Some(row)) => Ok(row),
-                        (None, None) => Err(QuietError::Broken),
-                    })
-                }
                 _ => {}
             }
         }
