@@ -41,6 +41,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// How long since its last transaction ended (or it was opened).
+    pub fn idle_for(&self) -> Duration {
+        self.since.elapsed()
+    }
+
     /// A newly opened connection in the place `slot` was given for.
     pub fn new(conn: ServerConnection, generation: u64, params: Params, slot: Slot) -> Server {
         let login = Values::from_status(&conn.parameter_status);
@@ -184,6 +189,7 @@ impl TargetPool {
             drop(state);
             return Some(server);
         }
+        server.since = Instant::now();
         while let Some(waiter) = state.waiters.pop_front() {
             if waiter.grant.is_closed() {
                 continue;
@@ -211,7 +217,6 @@ impl TargetPool {
                 }
             }
         }
-        server.since = Instant::now();
         state.idle.push(server);
         None
     }
