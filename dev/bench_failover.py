@@ -136,7 +136,7 @@ def psql(b, bench, port, sql):
                     "-d", "postgres", "-c", sql], check=True, capture_output=True)
 
 
-def conf(b, d, port):
+def conf(b, port):
     return (f"listen_addresses='127.0.0.1'\nport={port}\nunix_socket_directories='{b.w}'\n"
             "ssl=on\nssl_cert_file='server.crt'\nssl_key_file='server.key'\nfsync=off\n"
             "synchronous_commit=off\nmax_connections=200\n")
@@ -153,7 +153,7 @@ def primary_setup(b, bench, d, port):
         os.chmod(os.path.join(data, f), 0o600)
         bench.chown_postgres(os.path.join(data, f))
     with open(os.path.join(data, "postgresql.auto.conf"), "w") as f:
-        f.write(conf(b, d, port))
+        f.write(conf(b, port))
     with open(os.path.join(data, "pg_hba.conf"), "w") as f:
         f.write("local all postgres trust\nlocal replication postgres trust\n"
                 "hostssl all all 127.0.0.1/32 scram-sha-256\n")

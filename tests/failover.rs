@@ -90,6 +90,19 @@ impl Front {
         v["pool"]["hosts"].as_array().cloned().unwrap_or_default()
     }
 
+    /// A forced rotation of `target`, waited for: the status code and the report.
+    async fn force_rotation(&self, target: &str) -> (u16, Value) {
+        let (s, v, _) = self
+            .daemon
+            .call(
+                "POST",
+                &format!("/v1/targets/{target}/rotate"),
+                Some(json!({"force": true, "wait": true})),
+            )
+            .await;
+        (s, v)
+    }
+
     /// The port of the server an API query on `target` ran on.
     async fn api_port(&self, target: &str) -> Option<i64> {
         let (s, v, _) = self
@@ -204,14 +217,7 @@ async fn a_read_write_target_follows_a_promotion() {
     let stopped_at = Instant::now();
     primary.stop();
     let down_at = Instant::now();
-    let (s, v, _) = front
-        .daemon
-        .call(
-            "POST",
-            "/v1/targets/rw/rotate",
-            Some(json!({"force": true, "wait": true})),
-        )
-        .await;
+    let (s, v) = front.force_rotation("rw").await;
     assert_eq!((s, v["result"].as_str()), (200, Some("failed")), "{v}");
     assert!(
         v["error"]
@@ -296,14 +302,7 @@ async fn a_read_write_target_follows_a_promotion() {
     // generation on the writable server only (the first listed host is a standby).
     primary.rejoin_as_standby_of(&standby);
     assert!(primary.in_recovery().await);
-    let (s, v, _) = front
-        .daemon
-        .call(
-            "POST",
-            "/v1/targets/rw/rotate",
-            Some(json!({"force": true, "wait": true})),
-        )
-        .await;
+    let (s, v) = front.force_rotation("rw").await;
     assert_eq!((s, v["result"].as_str()), (200, Some("swapped")), "{v}");
     let client = front.client("rw").await.unwrap();
     for _ in 0..5 {

@@ -289,14 +289,7 @@ async fn fifty_rotations_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_vault_dynamic_rotations_under_load() {
     let (s, _bao) = support::frontend::vault_dynamic("drain_timeout = \"1s\"").await;
-    rotations_under_load(&s, 50, |_| {
-        let s = &s;
-        async move {
-            let (code, _, err) = s.daemon.cli(&["rotate", "app", "--force"]);
-            assert_eq!(code, 0, "{err}");
-        }
-    })
-    .await;
+    rotations_under_load(&s, 50, |_| s.force_rotation()).await;
     // Every rotation made its own user; the drained generations' leases were revoked (their
     // users dropped), so only the last few remain.
     let users = s.login_roles().await;

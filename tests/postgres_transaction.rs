@@ -396,14 +396,7 @@ async fn fifty_vault_dynamic_rotations_in_transaction_mode() {
         transaction_target(8)
     ))
     .await;
-    rotations_in_transaction_mode(&s, 50, |_| {
-        let s = &s;
-        async move {
-            let (code, _, err) = s.daemon.cli(&["rotate", "app", "--force"]);
-            assert_eq!(code, 0, "{err}");
-        }
-    })
-    .await;
+    rotations_in_transaction_mode(&s, 50, |_| s.force_rotation()).await;
     let users = s.login_roles().await;
     assert!(
         (1..=3).contains(&users),

@@ -62,17 +62,22 @@ async fn sighup_and_api_reload() {
         + &target(&db, "d", &s, "");
     write_config(&d, &v2);
     hup(&d);
+    // The new target is listed as soon as the reload registers it, and has a generation once
+    // its first pool is built: both are waited for.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while names(&d).await != ["a", "c", "d"] {
+    let after = loop {
+        let now = targets(&d).await;
+        let listed: Vec<&str> = now.iter().filter_map(|t| t["name"].as_str()).collect();
+        if listed == ["a", "c", "d"] && now[2]["generation"]["id"].is_u64() {
+            break now;
+        }
         assert!(
             Instant::now() < deadline,
-            "reload did not apply: {:?}\n{}",
-            names(&d).await,
+            "reload did not apply: {listed:?}\n{}",
             d.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let after = targets(&d).await;
+    };
     assert_eq!(
         after[0]["generation"]["built_at"], a_built,
         "a is untouched"

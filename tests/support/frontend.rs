@@ -98,6 +98,12 @@ impl Setup {
             .get(0)
     }
 
+    /// A forced rotation of the target `app` through the CLI, which must succeed.
+    pub async fn force_rotation(&self) {
+        let (code, _, err) = self.daemon.cli(&["rotate", "app", "--force"]);
+        assert_eq!(code, 0, "{err}");
+    }
+
     /// Login roles other than the cluster's and OpenBao's admin (Vault's dynamic users).
     pub async fn login_roles(&self) -> i64 {
         self.db

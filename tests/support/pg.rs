@@ -159,11 +159,7 @@ impl Cluster {
     }
 
     fn start(tls: bool) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("credswap-test-pg-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = cluster_dir();
         let data = dir.path().join("data");
         run(
             {
@@ -179,11 +175,7 @@ impl Cluster {
     /// A streaming standby of `primary` (`pg_basebackup -R`), with TLS as the primary has it,
     /// on its own port: hot standby, so it serves reads.
     pub fn standby_of(primary: &Cluster) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("credswap-test-pg-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = cluster_dir();
         let conninfo = base_backup(dir.path(), primary);
         Self::configure_and_start(dir, primary.tls, Some(conninfo))
     }
@@ -488,6 +480,17 @@ impl Cluster {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// A new cluster's directory (its socket and log; the data below it), readable by the
+/// `postgres` user.
+fn cluster_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("credswap-test-pg-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// Copies `primary` into `dir/data` with `pg_basebackup -R` (standby.signal written); returns
