@@ -26,13 +26,25 @@ async fn start() -> (Cluster, tempfile::TempDir, Daemon) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rotate_query_and_exit_codes() {
-    let (_db, _dir, mut d) = start().await;
+    let (db, _dir, mut d) = start().await;
     let mut outputs = Vec::new();
 
     let (code, out, err) = d.cli(&["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("TARGET  STATE"), "{out}");
     assert!(out.contains("app     ready  g1   app"), "{out}");
+    // The hosts under it: the one host, a primary with the generation's connections on it.
+    let hosts = out.split_once("\n\n").map(|(_, h)| h).unwrap_or_default();
+    assert!(hosts.starts_with("TARGET  HOST"), "{out}");
+    let line = hosts.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells[..3],
+        ["app", &format!("localhost:{}", db.port()), "primary"],
+        "{out}"
+    );
+    assert!(cells[3].parse::<u32>().is_ok_and(|n| n > 0), "{out}");
+    assert_eq!(cells[4], "no", "{out}");
     outputs.push(out);
     let (code, out, _) = d.cli(&["status", "--json"]);
     assert_eq!(code, 0);

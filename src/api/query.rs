@@ -190,7 +190,7 @@ pub async fn run(
                 // taken as gone (black-holed): its other connections are not handed out again.
                 if let Err(e) = conn.conn().cancel().await {
                     tracing::warn!(error = %e, "could not cancel a statement past its timeout");
-                    conn.host().host_failed(&e.to_string());
+                    conn.host().host_unreachable(&e.to_string());
                     conn.discard();
                 }
                 Err(ApiError::timeout(format!(
@@ -214,14 +214,13 @@ pub async fn check_still_writable(conn: &Checkout, error: &ApiError) {
     if error.sqlstate.as_deref() != Some("25006") || !conn.host().wants_writable() {
         return;
     }
-    const SQL: &str = "SELECT pg_is_in_recovery() OR \
-        (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on'";
-    let answer = tokio::time::timeout(Duration::from_secs(2), conn.query_one(SQL, &[])).await;
-    let not_writable = match answer {
-        Ok(Ok(row)) => row.get::<_, bool>(0),
-        _ => true,
-    };
-    if not_writable {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.query_one(crate::pool::hosts::STILL_WRITABLE_SQL, &[]),
+    )
+    .await;
+    let writable = matches!(answer, Ok(Ok(row)) if row.get::<_, bool>(0));
+    if !writable {
         tracing::warn!(host = %conn.host().label(), "the server of a writable target is read-only now: its connections are dropped");
         conn.host().host_changed();
         conn.discard();

@@ -293,6 +293,10 @@ async fn status(socket: &std::path::Path, as_json: bool) -> Result<ExitCode, cli
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print!("{}", output::status_table(&v));
+        let hosts = output::hosts_table(&v);
+        if !hosts.is_empty() {
+            print!("\n{hosts}");
+        }
     }
     let all_ready = v["targets"]
         .as_array()

@@ -96,6 +96,36 @@ pub fn status_table(v: &Value) -> String {
     )
 }
 
+/// `credswap status`, second part: every host of every target's live generation, what it was
+/// last seen to be and how many of the generation's server connections are on it.
+pub fn hosts_table(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for t in v["targets"].as_array().into_iter().flatten() {
+        for h in t["pool"]["hosts"].as_array().into_iter().flatten() {
+            let role = match (&h["role"], h["read_only"].as_bool()) {
+                (Value::Null, _) => "-".to_string(),
+                (role, Some(true)) => format!("{} (read-only)", cell(role)),
+                (role, _) => cell(role),
+            };
+            rows.push(vec![
+                cell(&t["name"]),
+                cell(&h["host"]),
+                role,
+                cell(&h["connections"]),
+                if h["down"] == true { "yes" } else { "no" }.to_string(),
+                h["last_error"].as_str().unwrap_or("-").to_string(),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(
+        &["TARGET", "HOST", "ROLE", "CONNS", "DOWN", "LAST ERROR"],
+        &rows,
+    )
+}
+
 /// `credswap query`.
 pub fn query_table(v: &Value) -> String {
     let headers: Vec<String> = v["columns"]

@@ -7,7 +7,9 @@
 //! accepted or refused by the target's attributes. A connection remembers its host's *epoch*:
 //! a host found unreachable, or no longer the kind the target wants, has its epoch bumped, and
 //! every connection opened to it before that is dropped at its next checkout instead of being
-//! handed out to fail.
+//! handed out to fail. A host found *unreachable* (a cancel request could not get to it: the
+//! network black-holed it) also has the sockets of its front-end connections shut down, so a
+//! session waiting on an answer that will never come fails at once instead of hanging.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,12 @@ use crate::dsn::{Server, SessionAttrs};
 
 /// A host that failed within this long is tried after the others.
 const DOWN_FOR: Duration = Duration::from_secs(10);
+/// Asks a server whether a session there can write, ignoring the session's own `SET`s: the
+/// check after `25006 read_only_sql_transaction` on a writable target (a caller's own `READ
+/// ONLY` transaction gives 25006 too, and must not move the target).
+pub const STILL_WRITABLE_SQL: &str = "SELECT NOT (pg_is_in_recovery() OR \
+    (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on')";
+
 /// How often a `prefer-standby` target on its fallback looks for a standby again: one of its
 /// fallback connections is given up, and its replacement tries the standbys first.
 const FALLBACK_RECHECK: Duration = Duration::from_secs(5);
@@ -125,9 +133,16 @@ enum Seen {
 
 struct Host {
     label: String,
+    /// Read without a lock at every checkout; changed only with `open` held, so the count is
+    /// always of the connections of the current epoch.
     epoch: AtomicU64,
-    open: AtomicUsize,
+    /// Connections of the current epoch open to it (stale ones are not counted: they are
+    /// closed at their next checkout, and status should not show them as serving).
+    open: Mutex<usize>,
     seen: Mutex<(Seen, Option<SystemTime>)>,
+    /// A second handle on the socket of each front-end connection open to this host (by lease
+    /// id), to shut it down from outside when the host is found unreachable.
+    sockets: Mutex<Vec<(u64, std::net::TcpStream)>>,
 }
 
 /// A writable target's connections moved to another host.
@@ -166,6 +181,8 @@ pub struct HostBook {
     fallback_epoch: AtomicU64,
     /// When a fallback connection was last given up to look for a standby.
     fallback_recheck: Mutex<Instant>,
+    /// Ids for the sockets of `Host::sockets`.
+    next_socket: AtomicU64,
 }
 
 impl std::fmt::Debug for HostBook {
@@ -184,7 +201,8 @@ pub struct HostStatus {
     /// What it was when last reached (`None`: never reached).
     pub role: Option<Role>,
     pub read_only: Option<bool>,
-    /// Server connections of this generation open to it (HTTP pool and PostgreSQL front end).
+    /// Server connections of this generation open to it and still lent (HTTP pool and
+    /// PostgreSQL front end); those left since it failed or changed are not counted.
     pub connections: usize,
     /// Whether the last attempt to reach it failed.
     pub down: bool,
@@ -204,6 +222,23 @@ pub struct HostLease {
     fallback: Option<u64>,
     /// Given up to look for a standby (stays stale from then on).
     given_up: std::sync::atomic::AtomicBool,
+    /// Its socket's entry in `Host::sockets`, if one was given.
+    socket: Option<u64>,
+}
+
+/// A host of a generation, for what learns of its failure away from any connection's lease
+/// (a cancel request that could not reach it).
+#[derive(Clone)]
+pub struct HostRef {
+    book: Arc<HostBook>,
+    index: usize,
+}
+
+impl HostRef {
+    /// See [`HostLease::host_unreachable`].
+    pub fn unreachable(&self, error: &str) {
+        self.book.unreachable(self.index, error);
+    }
 }
 
 impl HostLease {
@@ -243,10 +278,32 @@ impl HostLease {
         &self.book.hosts[self.index].label
     }
 
-    /// The host of this connection failed (it broke without a word, or a cancel could not
-    /// reach it): every connection to it is dropped at its next checkout.
-    pub fn host_failed(&self, error: &str) {
-        self.book.failed(self.index, error);
+    /// A cancel request could not reach this connection's host (refused, or no answer within
+    /// `connect_timeout`: a black-holed network): every connection to it is dropped at its
+    /// next checkout, and the front end's connections to it are shut down now, so nothing
+    /// waits for an answer from it.
+    pub fn host_unreachable(&self, error: &str) {
+        self.book.unreachable(self.index, error);
+    }
+
+    /// The host, for a cancel key that outlives no lease but must report on it.
+    pub fn host_ref(&self) -> HostRef {
+        HostRef {
+            book: self.book.clone(),
+            index: self.index,
+        }
+    }
+
+    /// Keeps a second handle on this connection's socket, so that the host found unreachable
+    /// can shut it down from outside (the session that reads it may be waiting on it).
+    pub fn watch_socket(&mut self, socket: std::net::TcpStream) {
+        let id = self.book.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.book.hosts[self.index]
+            .sockets
+            .lock()
+            .expect("never poisoned")
+            .push((id, socket));
+        self.socket = Some(id);
     }
 
     /// Whether the target wants a writable server.
@@ -324,9 +381,19 @@ impl<E: std::fmt::Display> Walk<'_, E> {
 
 impl Drop for HostLease {
     fn drop(&mut self) {
-        self.book.hosts[self.index]
-            .open
-            .fetch_sub(1, Ordering::AcqRel);
+        let host = &self.book.hosts[self.index];
+        {
+            let mut open = host.open.lock().expect("never poisoned");
+            if host.epoch.load(Ordering::Acquire) == self.epoch {
+                *open -= 1;
+            }
+        }
+        if let Some(id) = self.socket {
+            host.sockets
+                .lock()
+                .expect("never poisoned")
+                .retain(|(i, _)| *i != id);
+        }
     }
 }
 
@@ -339,8 +406,9 @@ impl HostBook {
                 .map(|s| Host {
                     label: format!("{}:{}", s.host, s.port),
                     epoch: AtomicU64::new(0),
-                    open: AtomicUsize::new(0),
+                    open: Mutex::new(0),
                     seen: Mutex::new((Seen::Unknown, None)),
+                    sockets: Mutex::new(Vec::new()),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -348,6 +416,7 @@ impl HostBook {
             on_change,
             fallback_epoch: AtomicU64::new(0),
             fallback_recheck: Mutex::new(Instant::now()),
+            next_socket: AtomicU64::new(0),
         }
     }
 
@@ -445,13 +514,18 @@ impl HostBook {
             }
             _ => None,
         };
-        host.open.fetch_add(1, Ordering::AcqRel);
+        let epoch = {
+            let mut open = host.open.lock().expect("never poisoned");
+            *open += 1;
+            host.epoch.load(Ordering::Acquire)
+        };
         Some(HostLease {
             book: self.clone(),
             index,
-            epoch: host.epoch.load(Ordering::Acquire),
+            epoch,
             fallback,
             given_up: std::sync::atomic::AtomicBool::new(false),
+            socket: None,
         })
     }
 
@@ -472,8 +546,28 @@ impl HostBook {
         }
     }
 
+    /// Host `index` could not be reached from outside any connection (a cancel request):
+    /// marked down, its connections stale, and the sockets of those the front end holds shut
+    /// down, which ends what waits on them with "the server connection closed".
+    pub fn unreachable(&self, index: usize, error: &str) {
+        let host = &self.hosts[index];
+        host.seen.lock().expect("never poisoned").0 = Seen::Down {
+            at: Instant::now(),
+            error: error.to_string(),
+        };
+        self.bump(index);
+        let sockets = host.sockets.lock().expect("never poisoned");
+        for (_, socket) in sockets.iter() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        tracing::warn!(host = %host.label, connections = sockets.len(), error, "a server host is unreachable: its connections are closed, and new ones go to the other hosts");
+    }
+
     fn bump(&self, index: usize) {
-        self.hosts[index].epoch.fetch_add(1, Ordering::AcqRel);
+        let host = &self.hosts[index];
+        let mut open = host.open.lock().expect("never poisoned");
+        host.epoch.fetch_add(1, Ordering::AcqRel);
+        *open = 0;
     }
 
     /// Every host, for status.
@@ -491,7 +585,7 @@ impl HostBook {
                     host: h.label.clone(),
                     role,
                     read_only,
-                    connections: h.open.load(Ordering::Acquire),
+                    connections: *h.open.lock().expect("never poisoned"),
                     down,
                     last_error,
                     last_seen_at: at,
@@ -554,11 +648,40 @@ mod tests {
         assert_eq!(book.order(Pass::Only), vec![0, 1]);
         let lease = book.reached(0, PRIMARY, Pass::Only).expect("writable");
         assert!(!lease.is_stale());
+        assert_eq!(book.status()[0].connections, 1);
         book.failed(0, "refused");
         assert!(lease.is_stale());
         assert_eq!(book.order(Pass::Only), vec![1, 0]);
+        assert_eq!(
+            book.status()[0].connections,
+            0,
+            "a stale connection is not counted"
+        );
         drop(lease);
         assert_eq!(book.status()[0].connections, 0);
+    }
+
+    #[test]
+    fn an_unreachable_host_has_its_watched_sockets_shut_down() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_theirs, _) = listener.accept().unwrap();
+        let book = Arc::new(HostBook::new(&servers(2), SessionAttrs::ReadWrite, None));
+        let mut lease = book.reached(0, PRIMARY, Pass::Only).unwrap();
+        lease.watch_socket(ours.try_clone().unwrap());
+        let other = book.reached(1, PRIMARY, Pass::Only).unwrap();
+        book.unreachable(0, "cancel: no answer");
+        // The reader of the connection sees it end, instead of waiting for the server.
+        let mut byte = [0u8; 1];
+        assert_eq!(ours.read(&mut byte).unwrap(), 0);
+        assert!(lease.is_stale());
+        assert!(!other.is_stale());
+        let status = book.status();
+        assert!(status[0].down);
+        assert_eq!(status[0].last_error.as_deref(), Some("cancel: no answer"));
+        drop(lease);
+        assert!(book.hosts[0].sockets.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::dsn::Host;
-use crate::pool::hosts::{HostLease, ServerKind};
+use crate::pool::hosts::{HostLease, HostRef, ServerKind};
 use crate::pool::{ConnectPlan, PoolError};
 use crate::tls::SslMode;
 
@@ -66,6 +66,24 @@ impl AsyncWrite for ServerStream {
     }
 }
 
+impl ServerStream {
+    /// The TCP socket under any TLS.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerStream::Plain(s) => s,
+            ServerStream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// A second handle on the socket, to shut it down from outside: `None` if the process is
+    /// out of file descriptors (the connection then just is not watched).
+    fn second_handle(&self) -> Option<std::net::TcpStream> {
+        use std::os::fd::AsFd;
+        let fd = self.tcp().as_fd().try_clone_to_owned().ok()?;
+        Some(std::net::TcpStream::from(fd))
+    }
+}
+
 /// Writes all of `buf` to a server stream and flushes it. A TLS stream accepts bytes into
 /// rustls and returns once they are taken even when the socket would block, so the last
 /// records of a write can wait in rustls until the next write or a flush: with nothing more to
@@ -85,6 +103,8 @@ pub struct ServerKey {
     pub pid: i32,
     pub secret: i32,
     pub connect_timeout: Duration,
+    /// Its host in the generation's book: a cancel that cannot reach it marks it unreachable.
+    pub host: Option<HostRef>,
 }
 
 /// A logged-in server connection.
@@ -216,7 +236,11 @@ pub async fn connect(
         };
         match kind_of(&mut conn, deadline).await {
             Ok(kind) => match walk.reached(index, kind) {
-                Some(lease) => {
+                Some(mut lease) => {
+                    if let Some(socket) = conn.stream.second_handle() {
+                        lease.watch_socket(socket);
+                    }
+                    conn.key.host = Some(lease.host_ref());
                     conn.host = Some(lease);
                     return Ok(conn);
                 }
@@ -492,6 +516,7 @@ async fn connect_host(
                         pid,
                         secret,
                         connect_timeout: plan.connect_timeout(),
+                        host: None,
                     },
                     leftover: read,
                     host: None,
@@ -532,7 +557,8 @@ async fn next_message(
     }
 }
 
-/// Sends a cancel request for the server session `key` names, over the same TLS it used.
+/// Sends a cancel request for the server session `key` names, over the same TLS it used. A
+/// host it cannot reach is marked unreachable in its generation's book.
 pub async fn cancel(key: &ServerKey) -> Result<(), ServerError> {
     let label = format!("{}:{}", key.addr.0, key.addr.1);
     let send = async {
@@ -554,13 +580,19 @@ pub async fn cancel(key: &ServerKey) -> Result<(), ServerError> {
         let _ = stream.read(&mut sink).await;
         Ok(())
     };
-    match tokio::time::timeout(key.connect_timeout, send).await {
+    let result = match tokio::time::timeout(key.connect_timeout, send).await {
         Ok(r) => r,
         Err(_) => Err(ServerError::Timeout {
             server: label,
             after: key.connect_timeout,
         }),
+    };
+    // A host a cancel cannot reach is taken as gone (black-holed): nothing is left waiting on
+    // it, and new connections go elsewhere.
+    if let (Err(e), Some(host)) = (&result, &key.host) {
+        host.unreachable(&e.to_string());
     }
+    result
 }
 
 /// Resets a connection for its next client with `DISCARD ALL` (no transaction can be open:
@@ -603,6 +635,13 @@ pub async fn run_quietly(
     within: Duration,
 ) -> Result<Vec<(String, String)>, QuietError> {
     run_for_self(conn, sql, within, |_| {}).await
+}
+
+/// Whether the server of an idle connection can still take writes (after it answered
+/// `25006`; see [`crate::pool::hosts::STILL_WRITABLE_SQL`]). No answer counts as no.
+pub async fn still_writable(conn: &mut ServerConnection, within: Duration) -> bool {
+    let row = first_row(conn, crate::pool::hosts::STILL_WRITABLE_SQL, within).await;
+    matches!(row.as_deref(), Ok([v]) if v == "t")
 }
 
 /// The text columns of the first row `sql` returns, run for credswap itself on an idle

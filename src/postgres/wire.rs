@@ -178,6 +178,22 @@ fn error_with(buf: &mut BytesMut, severity: &str, code: &str, text: &str) {
     });
 }
 
+/// The SQLSTATE (`C` field) of a whole `ErrorResponse` or `NoticeResponse`.
+pub fn sqlstate(message: &[u8]) -> Option<&[u8]> {
+    let mut fields = message.get(5..)?;
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let end = rest.iter().position(|b| *b == 0)?;
+        if kind == b'C' {
+            return Some(&rest[..end]);
+        }
+        fields = &rest[end + 1..];
+    }
+    None
+}
+
 /// The length of the whole message at the start of `buf` (header included), once all of it
 /// is there; `max` caps it.
 pub fn whole_message(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {

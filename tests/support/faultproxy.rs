@@ -4,6 +4,7 @@
 //! the servers.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub struct FaultProxy {
     faults: watch::Sender<Faults>,
     /// One entry per open connection: its tasks, so a reset can abort them.
     connections: Arc<Mutex<Vec<JoinSet<()>>>>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -53,11 +56,14 @@ impl FaultProxy {
         let (faults, watch_rx) = watch::channel(Faults::default());
         let connections: Arc<Mutex<Vec<JoinSet<()>>>> = Arc::default();
         let conns = connections.clone();
+        let accepted: Arc<AtomicUsize> = Arc::default();
+        let counted = accepted.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
+                counted.fetch_add(1, Ordering::SeqCst);
                 let now = *watch_rx.borrow();
                 if now.refuse_new {
                     let _ = client.set_zero_linger();
@@ -98,6 +104,7 @@ impl FaultProxy {
             address,
             faults,
             connections,
+            accepted,
             accept,
         }
     }
@@ -109,6 +116,11 @@ impl FaultProxy {
 
     pub fn port(&self) -> u16 {
         self.address.port()
+    }
+
+    /// How many connections it has accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Sets the faults; `Faults::default()` lets everything through again.

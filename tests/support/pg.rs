@@ -22,6 +22,9 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     port: u16,
     tls: bool,
+    /// Its postmaster was killed ([`Cluster::kill`]): `Drop` starts it once more, so the
+    /// crash's shared memory is cleaned up by the server itself.
+    killed: bool,
 }
 
 /// Where `initdb`, `pg_ctl` and `postgres` live.
@@ -346,6 +349,7 @@ impl Cluster {
                     dir,
                     port,
                     tls,
+                    killed: false,
                 };
             }
             last_error = std::fs::read_to_string(&log).unwrap_or_default();
@@ -476,6 +480,34 @@ impl Cluster {
         self.owned = Some(own_postmaster(&self.dir.path().join("data")));
     }
 
+    /// Kills the postmaster with SIGKILL, as a crash would, and waits until it is gone (its
+    /// listening socket closes with it; its backends notice and exit on their own).
+    pub fn kill(&mut self) {
+        let data = self.dir.path().join("data");
+        let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            .expect("a running cluster has postmaster.pid");
+        let process = rustix::process::Pid::from_raw(pid).expect("a positive pid");
+        rustix::process::kill_process(process, rustix::process::Signal::KILL)
+            .expect("the test may signal the server it started");
+        self.killed = true;
+        self.owned = None;
+        // Not our child, so there is no wait(): its /proc entry goes (or turns zombie) when
+        // it has died.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, r)| !r.starts_with('Z'))
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postmaster {pid} still alive 10 s after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// The server log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -533,6 +565,19 @@ fn own_postmaster(data: &Path) -> super::owned::Owned {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.killed {
+            // Crash recovery removes what the killed server left; the stop below ends it.
+            let started = pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .args(["-w", "-t", "30", "start"])
+                .output();
+            if started.is_ok_and(|o| o.status.success()) {
+                self.owned = Some(own_postmaster(&self.dir.path().join("data")));
+            }
+        }
         let _ = pg_command("pg_ctl")
             .arg("-D")
             .arg(self.dir.path().join("data"))

@@ -80,6 +80,9 @@ pub struct Client {
     pub needs_reset: bool,
     /// This checkout left the connection's statements unknown.
     pub poisoned: bool,
+    /// This checkout sent SQL that may change session parameters: the `ParameterStatus` it
+    /// produces is the client's to carry.
+    sets_params: bool,
     expect: VecDeque<Expect>,
     /// The status of the last `ReadyForQuery` the client got.
     pub status: u8,
@@ -103,6 +106,7 @@ impl Client {
             skipping: false,
             needs_reset: false,
             poisoned: false,
+            sets_params: false,
             expect: VecDeque::new(),
             status: b'I',
         }
@@ -181,6 +185,7 @@ impl Client {
         }
         self.needs_reset |= scan.needs_reset;
         self.poisoned |= scan.forgets_statements;
+        self.sets_params |= scan.sets_params;
     }
 
     fn refuse(&mut self, r: Refused) {
@@ -491,6 +496,8 @@ impl Client {
                 true
             }
             b'E' => {
+                // Checked when the connection comes back: its server may be read-only now.
+                server.read_only_error |= wire::sqlstate(m) == Some(b"25006");
                 match self.expect.front() {
                     None | Some(Expect::Simple) | Some(Expect::Sync) => {}
                     Some(_) => {
@@ -525,7 +532,15 @@ impl Client {
                     let name = m[5..].split(|b| *b == 0).next().unwrap_or_default();
                     if is_tracked(name) {
                         self.values.update(&m[5..]);
-                        self.owned.mark(name);
+                        if self.sets_params {
+                            self.owned.mark(name);
+                        } else {
+                            // Not the client's doing: the server's configuration was reloaded
+                            // (a primary fenced with default_transaction_read_only, a new
+                            // TimeZone). It is this connection's default now; no client carries
+                            // it elsewhere, and none has it undone here.
+                            server.login.update(&m[5..]);
+                        }
                     }
                 }
                 true
@@ -614,6 +629,7 @@ impl Client {
     pub fn returned(&mut self) {
         self.needs_reset = false;
         self.poisoned = false;
+        self.sets_params = false;
     }
 }
 

@@ -302,6 +302,9 @@ impl Session<'_> {
     /// parameter); `keep` false closes it.
     async fn give_back(&mut self, mut held: Held, mut keep: bool) {
         keep &= !self.client.poisoned;
+        if keep && std::mem::take(&mut held.server.read_only_error) {
+            keep = self.still_writable(&mut held.server).await;
+        }
         if keep && self.client.needs_reset {
             match raw::run_quietly(&mut held.server.conn, "RESET ALL", QUIET_TIMEOUT).await {
                 Ok(status) => {
@@ -318,6 +321,25 @@ impl Session<'_> {
             raw::terminate(&mut closing.conn.stream).await;
         }
         drop(guard);
+    }
+
+    /// After `25006` on a connection: true unless the target wants a writable server and this
+    /// one is not any more (promoted elsewhere, or fenced with `default_transaction_read_only`),
+    /// in which case every connection to its host is left, and new ones check again. A client's
+    /// own `READ ONLY` transaction gives 25006 too, and changes nothing.
+    async fn still_writable(&self, server: &mut Server) -> bool {
+        let Some(host) = server.conn.host.as_ref().filter(|h| h.wants_writable()) else {
+            return true;
+        };
+        let label = host.label().to_string();
+        if raw::still_writable(&mut server.conn, QUIET_TIMEOUT).await {
+            return true;
+        }
+        tracing::warn!(target_name = %self.name, host = %label, "the server of a writable target is read-only now: its connections are left");
+        if let Some(host) = &server.conn.host {
+            host.host_changed();
+        }
+        false
     }
 
     /// Forwards until the client leaves or its session is ended.
@@ -553,13 +575,13 @@ impl Session<'_> {
         End::Told("protocol_violation")
     }
 
-    /// The server connection broke mid-transaction: the client is told and the session ends
-    /// (what it had open on that connection is gone).
+    /// The server connection broke mid-transaction (or was shut down because its host is
+    /// unreachable): the client is told and the session ends (what it had open there is gone).
     async fn server_gone(&self, stream: &mut ReadInterestStream) -> End {
         fatal(
             stream,
             "08006",
-            "credswap: the server connection of this transaction closed; its work was rolled back",
+            "credswap: the server connection of this transaction was lost (the server closed it, or its host stopped answering); what it had not committed is rolled back",
         )
         .await;
         End::Told("server_closed")

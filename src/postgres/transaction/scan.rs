@@ -43,6 +43,9 @@ pub struct Scan {
     /// `DISCARD ALL` or `DEALLOCATE`: some or all of the connection's prepared statements are
     /// gone, so it no longer holds what credswap recorded; it is closed when given back.
     pub forgets_statements: bool,
+    /// `SET`, `RESET`, `DISCARD` or `set_config`: a `ParameterStatus` that follows may be the
+    /// client's doing. One that comes without any is the server's (a configuration reload).
+    pub sets_params: bool,
 }
 
 /// Scans a statement text (one or more statements).
@@ -63,6 +66,7 @@ pub fn scan(sql: &[u8]) -> Scan {
                 }
                 if eq(w, b"set_config") {
                     out.needs_reset = true;
+                    out.sets_params = true;
                 }
                 if let Some(prev) = words.last() {
                     let temp = eq(w, b"temp") || eq(w, b"temporary");
@@ -110,6 +114,7 @@ pub fn scan(sql: &[u8]) -> Scan {
 fn statement_start(w: &[Word<'_>], out: &mut Scan) {
     let at = |i: usize| w.get(i).map_or(&[][..], |x| x.0);
     let first = at(0);
+    out.sets_params |= eq(first, b"set") || eq(first, b"reset") || eq(first, b"discard");
     if eq(first, b"prepare") {
         out.pin.get_or_insert(Pin::Prepare);
     } else if eq(first, b"listen") {
@@ -337,6 +342,22 @@ mod tests {
     #[test]
     fn settings() {
         assert!(scan(b"SET statement_timeout = 5").needs_reset);
+        for sql in [
+            &b"SET TimeZone = 'UTC'"[..],
+            b"reset all",
+            b"select 1; RESET DateStyle",
+            b"DISCARD ALL",
+            b"SELECT set_config('TimeZone', 'UTC', false)",
+        ] {
+            assert!(scan(sql).sets_params, "{}", String::from_utf8_lossy(sql));
+        }
+        for sql in [
+            &b"SELECT 'SET TimeZone'"[..],
+            b"INSERT INTO t VALUES (1)",
+            b"-- SET x\nSELECT 1",
+        ] {
+            assert!(!scan(sql).sets_params, "{}", String::from_utf8_lossy(sql));
+        }
         assert!(scan(b"set session work_mem to '64MB'").needs_reset);
         assert!(scan(b"SELECT set_config('app.user', '7', false)").needs_reset);
         assert!(scan(b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").needs_reset);

@@ -34,6 +34,9 @@ pub struct Server {
     /// Reported parameters, as the server last said, and as they were at login.
     pub values: Values,
     pub login: Values,
+    /// The server answered `25006 read_only_sql_transaction` since it was lent: on a writable
+    /// target, asked whether it is still writable when it comes back.
+    pub read_only_error: bool,
     /// The server's cancel key, shared with the client's cancel entry while lent.
     key: Arc<ServerKey>,
     since: Instant,
@@ -58,6 +61,7 @@ impl Server {
             params,
             prepared: Prepared::default(),
             unnamed: None,
+            read_only_error: false,
             since: Instant::now(),
             slot,
         }
