@@ -555,6 +555,14 @@ async fn a_read_write_target_leaves_a_black_holed_primary_then_a_killed_one() {
     );
 }
 
+async fn session_pid(client: &tokio_postgres::Client) -> i32 {
+    let row = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
 /// The SQLSTATE of a failed wire statement.
 fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
     e.code().map(|c| c.code())
@@ -583,11 +591,17 @@ async fn a_fenced_primary_is_left_and_a_failover_during_a_rotation_is_followed()
                 url(&[proxy.port(), b.port()], "read-write"),
                 "pool = { max_size = 2, checkout_timeout = \"10s\", connect_timeout = \"5s\" }",
             ),
+            (
+                "rws",
+                url(&[proxy.port(), b.port()], "read-write"),
+                "pool_mode = \"session\"\npool = { max_size = 2, checkout_timeout = \"10s\", connect_timeout = \"5s\" }",
+            ),
         ])
         .await,
     );
     assert_eq!(front.api_port("api").await, Some(i64::from(a.port())));
     let wire = front.client("rw").await.unwrap();
+    let session = front.client("rws").await.unwrap();
     let backend = || async {
         let row = wire
             .query_one("SELECT pg_backend_pid()", &[])
@@ -618,6 +632,16 @@ async fn a_fenced_primary_is_left_and_a_failover_during_a_rotation_is_followed()
         "the connection was left after the client's own 25006"
     );
     assert_eq!(write("wire").await.unwrap(), a.port());
+    // The same in session mode, where the 25006 has the host looked at again: still writable,
+    // so the session goes on.
+    let session_backend = session_pid(&session).await;
+    let e = session
+        .batch_execute("BEGIN READ ONLY; INSERT INTO writes (via) VALUES ('ro')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("25006"), "{e}");
+    session.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(session_pid(&session).await, session_backend);
 
     // a is fenced (default_transaction_read_only by reload, as a failover tool does) and b
     // promoted. The first write each front door sends there after the reload gets 25006; the
@@ -675,6 +699,31 @@ async fn a_fenced_primary_is_left_and_a_failover_during_a_rotation_is_followed()
         Some(i64::from(b.port())),
         "the API left a"
     );
+    // A session-mode session on the fenced primary: its 25006 has the host looked at, which
+    // finds it read-only, and the session is ended at once (it is idle); the next one is on b.
+    let mut session_refused = None;
+    for _ in 0..200 {
+        match session.query_one(INSERT, &[&"session"]).await {
+            Ok(row) => assert_eq!(row.get::<_, i32>(0) as u16, a.port()),
+            Err(e) => {
+                session_refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = session_refused.expect("a session-mode write on the fenced primary was refused");
+    assert_eq!(sqlstate(&e), Some("25006"), "{e}");
+    until("the session on the fenced primary is ended", || async {
+        session.is_closed()
+    })
+    .await;
+    let session = front.client("rws").await.unwrap();
+    let port: i32 = session
+        .query_one(INSERT, &[&"session"])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, b.port(), "a new session-mode session is on b");
     for target in ["rw", "api"] {
         let hosts = front.hosts(target).await;
         assert_eq!(

@@ -143,6 +143,9 @@ struct Host {
     /// A second handle on the socket of each front-end connection open to this host (by lease
     /// id), to shut it down from outside when the host is found unreachable.
     sockets: Mutex<Vec<(u64, std::net::TcpStream)>>,
+    /// Counts the times the server was found changed (promoted, demoted, fenced): session-mode
+    /// sessions on it end at their next idle point.
+    kind_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A writable target's connections moved to another host.
@@ -224,6 +227,8 @@ pub struct HostLease {
     given_up: std::sync::atomic::AtomicBool,
     /// Its socket's entry in `Host::sockets`, if one was given.
     socket: Option<u64>,
+    /// `Host::kind_changes` when it was made.
+    kind_changes: u64,
 }
 
 /// A host of a generation, for what learns of its failure away from any connection's lease
@@ -314,7 +319,27 @@ impl HostLease {
     /// The server said this target's kind of work cannot run there any more (`25006` on a
     /// writable target): its connections are dropped, and new ones check again.
     pub fn host_changed(&self) {
-        self.book.bump(self.index);
+        self.book.changed_kind(self.index);
+    }
+
+    /// Resolves once the host is found changed after this connection was made (see
+    /// [`HostLease::host_changed`]; also a login that finds the server of another kind). A
+    /// session-mode session waits on it to end at its next idle point.
+    pub fn kind_changed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut changes = self.book.hosts[self.index].kind_changes.subscribe();
+        let seen = self.kind_changes;
+        async move {
+            // The book (and so the sender) lives as long as this future's receiver is used
+            // by a session holding the lease; a closed channel never resolves.
+            if changes.wait_for(|n| *n != seen).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Where this connection is: its host's place in the book.
+    pub fn index(&self) -> usize {
+        self.index
     }
 }
 
@@ -409,6 +434,7 @@ impl HostBook {
                     open: Mutex::new(0),
                     seen: Mutex::new((Seen::Unknown, None)),
                     sockets: Mutex::new(Vec::new()),
+                    kind_changes: tokio::sync::watch::Sender::new(0),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -484,7 +510,7 @@ impl HostBook {
             // The server changed (promoted, or fenced read-only): what was opened before was
             // opened to something else.
             if was != kind {
-                self.bump(index);
+                self.changed_kind(index);
             }
         }
         if !self.attrs.accepts(kind, pass) {
@@ -514,10 +540,13 @@ impl HostBook {
             }
             _ => None,
         };
-        let epoch = {
+        let (epoch, kind_changes) = {
             let mut open = host.open.lock().expect("never poisoned");
             *open += 1;
-            host.epoch.load(Ordering::Acquire)
+            (
+                host.epoch.load(Ordering::Acquire),
+                *host.kind_changes.borrow(),
+            )
         };
         Some(HostLease {
             book: self.clone(),
@@ -526,6 +555,7 @@ impl HostBook {
             fallback,
             given_up: std::sync::atomic::AtomicBool::new(false),
             socket: None,
+            kind_changes,
         })
     }
 
@@ -561,6 +591,16 @@ impl HostBook {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
         tracing::warn!(host = %host.label, connections = sockets.len(), error, "a server host is unreachable: its connections are closed, and new ones go to the other hosts");
+    }
+
+    /// Host `index` is another kind of server than its connections were made to.
+    fn changed_kind(&self, index: usize) {
+        let host = &self.hosts[index];
+        let mut open = host.open.lock().expect("never poisoned");
+        host.epoch.fetch_add(1, Ordering::AcqRel);
+        *open = 0;
+        // Under the same lock as the epoch, so a lease made meanwhile sees both or neither.
+        host.kind_changes.send_modify(|n| *n += 1);
     }
 
     fn bump(&self, index: usize) {

@@ -252,6 +252,30 @@ pub async fn connect(
     Err(walk.finish(|wanted, tried| ServerError::NoSuitableServer { wanted, tried }))
 }
 
+/// Logs in to host `index` of the plan once, only to see what its server is now: a server of
+/// another kind than before (fenced, demoted) makes the book leave its connections, and
+/// session-mode sessions on it end at their next idle point. Bounded by `connect_timeout`.
+pub async fn probe(plan: &ConnectPlan, index: usize) {
+    let server = &plan.conn().servers[index];
+    let Host::Tcp(host) = &server.host else {
+        return;
+    };
+    let book = plan.hosts();
+    let label = book.label(index);
+    let deadline = plan.connect_timeout();
+    let look = async {
+        let mut conn = connect_host(plan, host, server.port, &[], label)
+            .await
+            .ok()?;
+        let kind = kind_of(&mut conn, deadline).await.ok();
+        terminate(&mut conn.stream).await;
+        kind
+    };
+    if let Ok(Some(kind)) = tokio::time::timeout(deadline, look).await {
+        drop(book.reached(index, kind, crate::pool::hosts::Pass::Only));
+    }
+}
+
 /// [`connect`], tried again with backoff while no listed server can serve (all unreachable,
 /// or none of the wanted kind: a promotion under way) and there is time until `by`. Never
 /// waits past `by`.

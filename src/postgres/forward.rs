@@ -116,10 +116,12 @@ impl Seen for FromClient<'_> {
 /// `Terminate` as a client sends it.
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
-/// Reports each `ReadyForQuery` of the server's to the position.
+/// Reports each `ReadyForQuery` of the server's to the position, and a `25006` to whoever
+/// asked.
 struct FromServer<'a> {
     position: &'a Position,
     end_now: bool,
+    read_only: Option<&'a tokio::sync::Notify>,
 }
 
 impl Seen for FromServer<'_> {
@@ -127,11 +129,20 @@ impl Seen for FromServer<'_> {
     fn ready(&mut self, status: u8) {
         self.end_now |= self.position.server_ready(status);
     }
+    fn error_start(&mut self, body: &[u8]) {
+        if let Some(notify) = self.read_only {
+            if super::wire::sqlstate_field(body) == Some(b"25006") {
+                notify.notify_one();
+            }
+        }
+    }
 }
 
 /// Forwards until one side closes, or `ending` resolves and the session is idle. `max_message`
 /// caps a message's size in both directions. `from_server` holds bytes the server sent before
-/// forwarding began (after its login), forwarded first.
+/// forwarding began (after its login), forwarded first. `read_only` is told of every
+/// `25006 read_only_sql_transaction` the server sends.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<C, S>(
     client: &mut C,
     server: &mut S,
@@ -140,6 +151,7 @@ pub async fn forward<C, S>(
     max_message: usize,
     to_server: &Counter,
     to_client: &Counter,
+    read_only: Option<&tokio::sync::Notify>,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -231,6 +243,7 @@ where
             let mut seen = FromServer {
                 position: &position,
                 end_now: false,
+                read_only,
             };
             if let Err(e) = frames.walk(buf, &mut seen) {
                 return End::Protocol(e);

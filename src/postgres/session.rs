@@ -312,10 +312,42 @@ async fn begin(
     let metrics = fe.metrics.postgres_session(&name);
     let mut ending = generation.sessions.ending();
     let mut shutdown = fe.shutdown.clone();
+    // A session keeps its server connection, so one on a server that is not the target's kind
+    // any more (found so by anyone: a login, the HTTP API, transaction mode, or this session's
+    // own 25006 on a writable target, which has the host looked at) ends at its next idle point.
+    let changed = server.host.as_ref().map(|h| h.kind_changed());
+    let watch_read_only = server
+        .host
+        .as_ref()
+        .filter(|h| h.wants_writable())
+        .map(|h| h.index());
+    let read_only = tokio::sync::Notify::new();
+    let host_changed = std::sync::atomic::AtomicBool::new(false);
     let asked = async {
-        tokio::select! {
-            _ = ending.wait_for(|e| *e) => {}
-            _ = shutdown.wait() => {}
+        let changed = async {
+            match changed {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut changed = std::pin::pin!(changed);
+        let mut drained = std::pin::pin!(async {
+            let _ = ending.wait_for(|e| *e).await;
+        });
+        let mut stopped = std::pin::pin!(shutdown.wait());
+        loop {
+            tokio::select! {
+                _ = &mut drained => return,
+                _ = &mut stopped => return,
+                _ = &mut changed => {
+                    host_changed.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+                _ = read_only.notified(), if watch_read_only.is_some() => {
+                    let index = watch_read_only.expect("only when set");
+                    server::probe(generation.pool.plan(), index).await;
+                }
+            }
         }
     };
     let end = forward::forward(
@@ -326,6 +358,7 @@ async fn begin(
         fe.settings.max_message_bytes,
         &metrics.to_server,
         &metrics.to_client,
+        watch_read_only.map(|_| &read_only),
     )
     .await;
     metrics.ended();
@@ -334,6 +367,12 @@ async fn begin(
             let text = if fe.shutdown.is_fired() {
                 "terminating connection: credswap is shutting down; reconnect when it is back"
                     .to_string()
+            } else if host_changed.load(std::sync::atomic::Ordering::Acquire) {
+                format!(
+                    "terminating connection: the server of this session ({}) is not the kind target \"{name}\" wants any more (target_session_attrs={}: it was promoted, demoted or fenced read-only); reconnect to reach one that is",
+                    server.host.as_ref().map_or("", |h| h.label()),
+                    generation.pool.plan().hosts().attrs().as_str()
+                )
             } else {
                 format!(
                     "terminating connection: the credentials of target \"{name}\" were rotated and this session's time on the old ones is up (drain_timeout); reconnect for a session with the new ones"

@@ -180,7 +180,12 @@ fn error_with(buf: &mut BytesMut, severity: &str, code: &str, text: &str) {
 
 /// The SQLSTATE (`C` field) of a whole `ErrorResponse` or `NoticeResponse`.
 pub fn sqlstate(message: &[u8]) -> Option<&[u8]> {
-    let mut fields = message.get(5..)?;
+    sqlstate_field(message.get(5..)?)
+}
+
+/// The SQLSTATE among an `ErrorResponse`'s fields (`None` when the fields given end first:
+/// PostgreSQL sends it third, after the severities).
+pub fn sqlstate_field(mut fields: &[u8]) -> Option<&[u8]> {
     while let Some((&kind, rest)) = fields.split_first() {
         if kind == 0 {
             return None;
@@ -245,6 +250,8 @@ pub trait Seen {
     fn message(&mut self, tag: u8, len: usize);
     /// The transaction status of a `ReadyForQuery`.
     fn ready(&mut self, status: u8);
+    /// The start of an `ErrorResponse`'s body: as much of it as this read holds.
+    fn error_start(&mut self, _body: &[u8]) {}
 }
 
 impl Frames {
@@ -301,6 +308,9 @@ impl Frames {
             }
             seen.message(tag, len);
             self.remaining = len - 4;
+            if tag == b'E' {
+                seen.error_start(&chunk[..self.remaining.min(chunk.len())]);
+            }
             if tag == b'Z' && self.remaining == 1 {
                 match chunk.first() {
                     Some(status) => seen.ready(*status),
