@@ -455,14 +455,27 @@ async fn a_read_write_target_leaves_a_black_holed_primary_then_a_killed_one() {
     let c = Cluster::standby_of(&a);
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], a.port()))).await;
     let front = Arc::new(
-        daemon(&[(
-            "rw",
-            url(&[proxy.port(), b.port(), c.port()], "read-write"),
-            "pool_mode = \"transaction\"\npool = { max_size = 8, checkout_timeout = \"10s\", connect_timeout = \"1s\" }",
-        )])
+        daemon(&[
+            (
+                "rw",
+                url(&[proxy.port(), b.port(), c.port()], "read-write"),
+                "pool_mode = \"transaction\"\npool = { max_size = 8, checkout_timeout = \"10s\", connect_timeout = \"1s\" }",
+            ),
+            (
+                "rws",
+                url(&[proxy.port(), b.port(), c.port()], "read-write"),
+                "pool_mode = \"session\"\npool = { max_size = 2, checkout_timeout = \"10s\", connect_timeout = \"1s\" }",
+            ),
+        ])
         .await,
     );
     let client_timeout = Duration::from_secs(1);
+    // A session-mode client too, connected before the silence.
+    let session = front.client("rws").await.unwrap();
+    assert_eq!(
+        wire_write(&session, "session", None).await.0,
+        Some(i64::from(a.port()))
+    );
     let log = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut load = writers(&front, stop, &log, Some(client_timeout));
@@ -478,6 +491,20 @@ async fn a_read_write_target_leaves_a_black_holed_primary_then_a_killed_one() {
         ..Faults::default()
     });
     b.promote().await;
+    // The session-mode write times out and is cancelled; the cancel cannot reach a, so the
+    // session is ended with 08006 rather than left waiting.
+    let asked = Instant::now();
+    let (port, hung) = wire_write(&session, "session", Some(client_timeout)).await;
+    assert_eq!(
+        (port, hung),
+        (None, false),
+        "the session-mode write neither hung nor landed"
+    );
+    assert!(asked.elapsed() < client_timeout + Duration::from_secs(4));
+    until("the session on the silent host is ended", || async {
+        session.is_closed()
+    })
+    .await;
     load_until(&log, "a write on b", |l| {
         first_write_on(l, b.port(), silenced).is_some()
     })

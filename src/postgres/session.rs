@@ -408,6 +408,16 @@ async fn begin(
             }
             "client_closed"
         }
+        End::ServerClosed | End::Io(_) if server.is_stale() => {
+            // Shut down by credswap: its host stopped answering (a cancel could not reach it).
+            fatal(
+                stream,
+                "08006",
+                "credswap: the server connection of this session was lost: its host stopped answering; reconnect",
+            )
+            .await;
+            "server_unreachable"
+        }
         End::ServerClosed => "server_closed",
         End::Protocol(e) => {
             fatal(
