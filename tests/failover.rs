@@ -582,6 +582,18 @@ async fn a_read_write_target_leaves_a_black_holed_primary_then_a_killed_one() {
     );
 }
 
+/// Writes through `client` until one fails (a reload reaches each backend in its own time);
+/// until then each must land on the server at `on`.
+async fn first_refusal(client: &tokio_postgres::Client, on: u16) -> tokio_postgres::Error {
+    for _ in 0..200 {
+        match client.query_one(INSERT, &[&"fenced"]).await {
+            Ok(row) => assert_eq!(row.get::<_, i32>(0) as u16, on, "a write moved first"),
+            Err(e) => return e,
+        }
+    }
+    panic!("200 writes after the fence all succeeded");
+}
+
 async fn session_pid(client: &tokio_postgres::Client) -> i32 {
     let row = client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -683,17 +695,7 @@ async fn a_fenced_primary_is_left_and_a_failover_during_a_rotation_is_followed()
         .await
         .unwrap();
     b.promote().await;
-    let mut refused = None;
-    for _ in 0..200 {
-        match write("wire").await {
-            Ok(port) => assert_eq!(port, a.port(), "a write moved before any 25006"),
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
-    }
-    let e = refused.expect("a write on the fenced primary was refused");
+    let e = first_refusal(&wire, a.port()).await;
     assert_eq!(sqlstate(&e), Some("25006"), "{e}");
     match write("wire").await {
         Ok(port) => assert_eq!(port, b.port(), "the wire front end left a"),
@@ -728,17 +730,7 @@ async fn a_fenced_primary_is_left_and_a_failover_during_a_rotation_is_followed()
     );
     // A session-mode session on the fenced primary: its 25006 has the host looked at, which
     // finds it read-only, and the session is ended at once (it is idle); the next one is on b.
-    let mut session_refused = None;
-    for _ in 0..200 {
-        match session.query_one(INSERT, &[&"session"]).await {
-            Ok(row) => assert_eq!(row.get::<_, i32>(0) as u16, a.port()),
-            Err(e) => {
-                session_refused = Some(e);
-                break;
-            }
-        }
-    }
-    let e = session_refused.expect("a session-mode write on the fenced primary was refused");
+    let e = first_refusal(&session, a.port()).await;
     assert_eq!(sqlstate(&e), Some("25006"), "{e}");
     until("the session on the fenced primary is ended", || async {
         session.is_closed()

@@ -401,11 +401,13 @@ impl Client {
         match self.ensure(name, server, out)? {
             None => out.put_slice(m),
             Some(statement) => {
+                // Executed in a later transaction than its Parse: what it does still counts.
+                self.sets_params |= statement.scan.sets_params;
                 let server_name = statement.name();
                 wire::message(out, b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
-                    b.put_slice(server_name.as_bytes());
+                    b.put_slice(server_name);
                     b.put_u8(0);
                     b.put_slice(rest);
                 });
@@ -431,7 +433,7 @@ impl Client {
                     let server_name = statement.name();
                     wire::message(out, b'D', |b| {
                         b.put_u8(b'S');
-                        b.put_slice(server_name.as_bytes());
+                        b.put_slice(server_name);
                         b.put_u8(0);
                     });
                 }

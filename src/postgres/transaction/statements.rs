@@ -25,9 +25,12 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// Its name on the servers.
-    pub fn name(&self) -> String {
-        name(self.id)
+    /// Its name on the servers, read from its `Parse` (a `Bind` for it is made at every
+    /// execution, so the name is not formatted each time).
+    pub fn name(&self) -> &[u8] {
+        let named = &self.parse[5..];
+        let end = named.iter().position(|b| *b == 0).unwrap_or(named.len());
+        &named[..end]
     }
 }
 
@@ -143,6 +146,7 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id, "other parameter types");
         assert_eq!(&a.parse[..1], b"P");
+        assert_eq!(a.name(), format!("credswap_{}", a.id).as_bytes());
         assert!(a.parse.ends_with(b"SELECT $1\0\0\x01\0\0\0\x17"));
         let id = a.id;
         drop((a, b));
