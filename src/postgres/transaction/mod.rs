@@ -46,11 +46,37 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(2);
 struct Held {
     server: Box<Server>,
     guard: SessionGuard,
-    /// Resolves at the drain deadline of the connection's generation. Made once per checkout:
-    /// waiting on the `watch` afresh at every wake-up registered and removed a waiter each
-    /// time (3 % of the daemon's instructions per transaction).
-    ending: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     past_deadline: bool,
+}
+
+/// Resolves at the drain deadline of one generation. Kept by the session for as long as its
+/// connections are of that generation: made at every checkout, it cost a waiter's registration
+/// and removal and an allocation per transaction (3 % of its instructions); made at every
+/// wake-up, as at first, as much again.
+struct Deadline {
+    generation: u64,
+    wait: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    passed: bool,
+}
+
+impl Deadline {
+    /// The deadline of `held`'s generation: `current` if it is that one's, else a new one.
+    fn of(current: Option<Deadline>, held: &Held) -> Deadline {
+        let generation = held.guard.generation();
+        match current {
+            Some(d) if d.generation == generation.id => d,
+            _ => {
+                let mut ending = generation.sessions.ending();
+                Deadline {
+                    generation: generation.id,
+                    wait: Box::pin(async move {
+                        let _ = ending.wait_for(|e| *e).await;
+                    }),
+                    passed: false,
+                }
+            }
+        }
+    }
 }
 
 /// One transaction-mode client, after its target and peer were checked.
@@ -265,14 +291,9 @@ impl Session<'_> {
                 }
             };
             self.checkouts.waited(waited.elapsed());
-            let mut deadline_rx = generation.sessions.ending();
-            let ending = Box::pin(async move {
-                let _ = deadline_rx.wait_for(|e| *e).await;
-            });
             let mut held = Held {
                 server,
                 guard,
-                ending,
                 past_deadline: false,
             };
             let sync = self.client.values.sync_from(
@@ -356,6 +377,7 @@ impl Session<'_> {
         let mut out = BytesMut::with_capacity(CHUNK);
         let mut back = BytesMut::with_capacity(CHUNK);
         let mut held: Option<Held> = None;
+        let mut deadline: Option<Deadline> = None;
         let mut streaming = 0usize;
         // A checkout refused: requests are dropped up to the next Sync or Query, which get
         // this error and ReadyForQuery.
@@ -416,8 +438,11 @@ impl Session<'_> {
                     continue;
                 }
                 match self.checkout().await {
-                    Ok(h) => {
+                    Ok(mut h) => {
                         self.fe.cancels.point(key, Some(h.server.conn_key()));
+                        let d = Deadline::of(deadline.take(), &h);
+                        h.past_deadline = d.passed;
+                        deadline = Some(d);
                         held = Some(h);
                     }
                     Err(Refusal {
@@ -438,6 +463,7 @@ impl Session<'_> {
                 }
             }
             let h = held.as_mut().expect("a connection is held here");
+            let d = deadline.as_mut().expect("set with every checkout");
 
             // Every whole client message goes on.
             let mut at = 0;
@@ -497,7 +523,7 @@ impl Session<'_> {
                 biased;
                 r = h.server.conn.stream.read(&mut schunk) => Event::Server(r),
                 r = stream.read(&mut chunk) => Event::Client(r),
-                _ = &mut h.ending, if !h.past_deadline => Event::Deadline,
+                _ = &mut d.wait, if !d.passed => Event::Deadline,
                 _ = &mut stop, if self.client.pinned.is_some() && !stopped => Event::Wake,
             };
             match event {
@@ -546,6 +572,9 @@ impl Session<'_> {
                     // idle point instead, above).
                     let h = held.as_mut().expect("held");
                     h.past_deadline = true;
+                    if let Some(d) = deadline.as_mut() {
+                        d.passed = true;
+                    }
                     if self.client.pinned.is_none() {
                         if let Err(e) = raw::cancel(&h.server.conn.key).await {
                             tracing::warn!(target_name = %self.name, error = %e, "could not cancel a statement at the drain deadline");

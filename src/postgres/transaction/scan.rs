@@ -48,71 +48,84 @@ pub struct Scan {
     pub sets_params: bool,
 }
 
-/// Scans a statement text (one or more statements).
+/// Scans a statement text (one or more statements). Every simple query passes through here,
+/// so it keeps only what its rules look at (a statement's first three tokens, the previous
+/// token, the first word) and allocates nothing.
 pub fn scan(sql: &[u8]) -> Scan {
     let mut out = Scan::default();
-    let mut words: Vec<Word<'_>> = Vec::with_capacity(8);
+    // The statement's first three tokens (literals, operators and numbers as empty words),
+    // how many it has had, and the one before the current.
+    let mut start: [&[u8]; 3] = [&[]; 3];
+    let mut count = 0usize;
+    let mut prev: &[u8] = &[];
     let mut lexer = Lexer { sql, at: 0 };
     loop {
-        let token = lexer.next();
-        match token {
+        let word = match lexer.next() {
             Token::Word(w) => {
-                if eq(w, b"pg_advisory_lock")
-                    || eq(w, b"pg_advisory_lock_shared")
-                    || eq(w, b"pg_try_advisory_lock")
-                    || eq(w, b"pg_try_advisory_lock_shared")
-                {
-                    out.pin.get_or_insert(Pin::AdvisoryLock);
-                }
-                if eq(w, b"set_config") {
-                    out.needs_reset = true;
-                    out.sets_params = true;
-                }
-                if let Some(prev) = words.last() {
-                    let temp = eq(w, b"temp") || eq(w, b"temporary");
-                    if temp
-                        && (prev.is(b"into")
-                            || prev.is(b"create")
-                            || prev.is(b"local")
-                            || prev.is(b"global"))
-                    {
-                        out.pin.get_or_insert(Pin::TemporaryTable);
-                    }
-                    if eq(w, b"hold") && prev.is(b"with") && words[0].is(b"declare") {
-                        out.pin.get_or_insert(Pin::WithHoldCursor);
-                    }
-                }
-                if words.len() < 8 {
-                    words.push(Word(w));
-                }
-                if words.len() == 3 {
-                    statement_start(&words, &mut out);
-                }
+                word_rules(w, (count > 0).then_some(prev), start[0], &mut out);
+                w
             }
-            Token::Other => {
-                if words.len() < 8 {
-                    words.push(Word(&[]));
+            Token::Other => &[][..],
+            token @ (Token::End | Token::Semicolon) => {
+                if (1..3).contains(&count) {
+                    statement_start(&start[..count], &mut out);
                 }
-                if words.len() == 3 {
-                    statement_start(&words, &mut out);
-                }
-            }
-            Token::End | Token::Semicolon => {
-                if (1..3).contains(&words.len()) {
-                    statement_start(&words, &mut out);
-                }
-                words.clear();
                 if matches!(token, Token::End) {
                     return out;
                 }
+                (start, count, prev) = ([&[][..]; 3], 0, &[][..]);
+                continue;
+            }
+        };
+        if count < 3 {
+            start[count] = word;
+        }
+        count += 1;
+        if count == 3 {
+            statement_start(&start, &mut out);
+        }
+        prev = word;
+    }
+}
+
+/// Rules on a word anywhere in a statement (`prev`: the token before it, if any; `first`: the
+/// statement's first). Words are told apart by length first: most match none.
+fn word_rules(w: &[u8], prev: Option<&[u8]>, first: &[u8], out: &mut Scan) {
+    match w.len() {
+        16 | 20 | 23 | 27
+            if eq(w, b"pg_advisory_lock")
+                || eq(w, b"pg_advisory_lock_shared")
+                || eq(w, b"pg_try_advisory_lock")
+                || eq(w, b"pg_try_advisory_lock_shared") =>
+        {
+            out.pin.get_or_insert(Pin::AdvisoryLock);
+        }
+        10 if eq(w, b"set_config") => {
+            out.needs_reset = true;
+            out.sets_params = true;
+        }
+        4 | 9 => {
+            let Some(prev) = prev else {
+                return;
+            };
+            if (eq(w, b"temp") || eq(w, b"temporary"))
+                && [&b"into"[..], b"create", b"local", b"global"]
+                    .iter()
+                    .any(|p| eq(prev, p))
+            {
+                out.pin.get_or_insert(Pin::TemporaryTable);
+            }
+            if eq(w, b"hold") && eq(prev, b"with") && eq(first, b"declare") {
+                out.pin.get_or_insert(Pin::WithHoldCursor);
             }
         }
+        _ => {}
     }
 }
 
 /// Rules on a statement's first words (up to three).
-fn statement_start(w: &[Word<'_>], out: &mut Scan) {
-    let at = |i: usize| w.get(i).map_or(&[][..], |x| x.0);
+fn statement_start(w: &[&[u8]], out: &mut Scan) {
+    let at = |i: usize| w.get(i).copied().unwrap_or_default();
     let first = at(0);
     out.sets_params |= eq(first, b"set") || eq(first, b"reset") || eq(first, b"discard");
     if eq(first, b"prepare") {
@@ -139,14 +152,6 @@ fn statement_start(w: &[Word<'_>], out: &mut Scan) {
 
 fn eq(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
-}
-
-struct Word<'a>(&'a [u8]);
-
-impl Word<'_> {
-    fn is(&self, w: &[u8]) -> bool {
-        eq(self.0, w)
-    }
 }
 
 enum Token<'a> {
@@ -198,18 +203,19 @@ impl<'a> Lexer<'a> {
                 b'$' if self.dollar_quote() => return Token::Other,
                 c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                     let start = self.at;
-                    while {
-                        let c = self.peek(0);
-                        self.at < self.sql.len()
-                            && (c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80)
-                    } {
-                        self.at += 1;
-                    }
+                    self.at += self.run(|c| {
+                        c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+                    });
                     // `E'...'`: the word is the literal's prefix.
                     if self.peek(0) == b'\'' && self.at - start == 1 {
                         continue;
                     }
                     return Token::Word(&self.sql[start..self.at]);
+                }
+                // A number is one token, however many digits.
+                c if c.is_ascii_digit() => {
+                    self.at += self.run(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_');
+                    return Token::Other;
                 }
                 _ => {
                     self.at += 1;
@@ -217,6 +223,12 @@ impl<'a> Lexer<'a> {
                 }
             }
         }
+    }
+
+    /// How many bytes from here on are `part` of one token.
+    fn run(&self, part: impl Fn(u8) -> bool) -> usize {
+        let rest = &self.sql[self.at..];
+        rest.iter().position(|&c| !part(c)).unwrap_or(rest.len())
     }
 
     fn block_comment(&mut self) {
@@ -318,6 +330,16 @@ mod tests {
             Some(Pin::SessionAuthorization)
         );
         assert_eq!(pin("set role bob"), Some(Pin::SessionAuthorization));
+        assert_eq!(
+            pin("SELECT 12345; PREPARE q AS SELECT 1"),
+            Some(Pin::Prepare),
+            "a number is one token; the next statement starts afresh"
+        );
+        assert_eq!(
+            pin("select 1.5e3 into temporary t"),
+            Some(Pin::TemporaryTable)
+        );
+        assert_eq!(pin("LISTEN"), Some(Pin::Listen), "one word");
     }
 
     #[test]
@@ -342,6 +364,8 @@ mod tests {
     #[test]
     fn settings() {
         assert!(scan(b"SET statement_timeout = 5").needs_reset);
+        assert!(scan(b"SELECT 1;SET work_mem = 65536").needs_reset);
+        assert!(!scan(b"SELECT abalance FROM pgbench_accounts WHERE aid = 83521;").needs_reset);
         for sql in [
             &b"SET TimeZone = 'UTC'"[..],
             b"reset all",
