@@ -249,18 +249,30 @@ impl Client {
         max: usize,
         back: &mut BytesMut,
     ) -> Option<usize> {
-        // The round: Parse messages, then a Sync, all here already.
+        // The round: Parse messages, then a Sync, all here already. Looked at before anything
+        // is collected: every extended-protocol transaction starts with a Parse and comes
+        // through here (collecting first cost an allocation per transaction).
         let mut at = 0;
-        let mut parses = Vec::new();
+        let mut count = 0;
         loop {
             let len = wire::whole_message(&cbuf[at..], max).ok()??;
-            let m = &cbuf[at..at + len];
+            let tag = cbuf[at];
             at += len;
-            match m[0] {
-                b'P' => parses.push(m),
-                b'S' if !parses.is_empty() => break,
+            match tag {
+                b'P' => count += 1,
+                b'S' if count > 0 => break,
                 _ => return None,
             }
+        }
+        let mut parses = Vec::with_capacity(count);
+        let mut from = 0;
+        while parses.len() < count {
+            let len = wire::whole_message(&cbuf[from..], max)
+                .ok()
+                .flatten()
+                .expect("walked just now");
+            parses.push(&cbuf[from..from + len]);
+            from += len;
         }
         let mut failed = false;
         let mut found = Vec::with_capacity(parses.len());

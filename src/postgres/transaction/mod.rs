@@ -255,7 +255,9 @@ impl Session<'_> {
                     .checkout(generation.id, &self.params, max_size, deadline, &mut close)
                     .await
             };
-            super::close(close.into_iter().map(|s| s.conn).collect()).await;
+            if !close.is_empty() {
+                super::close(close.into_iter().map(|s| s.conn).collect()).await;
+            }
             let server = match grant {
                 Err(_) => {
                     return Err(refusal(

@@ -5,6 +5,8 @@
 //! client's first message. Every other parameter a client sets with a session-level `SET` lasts
 //! until its transaction ends: the connection is reset before it serves anyone else.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 
 /// Reported parameters a client may set, as PostgreSQL spells them (matched without case).
@@ -36,7 +38,9 @@ pub fn tracked_name(name: &[u8]) -> Option<&'static str> {
 /// arrival order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Values {
-    tracked: [Option<Box<str>>; 7],
+    /// Shared, so that a connection's values and its login's, copied from one another, are
+    /// told equal by address at every checkout before their bytes are compared.
+    tracked: [Option<Arc<str>>; 7],
     others: Vec<(String, String)>,
 }
 
@@ -124,7 +128,10 @@ impl Values {
                 &login.tracked[i]
             };
             if let Some(want) = want {
-                if server.tracked[i].as_deref() != Some(want) {
+                let same = server.tracked[i]
+                    .as_ref()
+                    .is_some_and(|has| Arc::ptr_eq(has, want) || has == want);
+                if !same {
                     let sql = sql.get_or_insert_with(String::new);
                     sql.push_str(&format!("SET {name} TO {};", literal(want)));
                 }
