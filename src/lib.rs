@@ -18,7 +18,8 @@
 //! - [`api`], [`webhook`], [`postgres`]: the front ends (HTTP+JSON, rotation webhooks, the
 //!   PostgreSQL wire protocol), equal neighbours on `listen` and `targets`.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`service`], [`shutdown`]: the daemon's lifecycle under one shutdown signal.
+//! - [`service`], [`shutdown`]: the daemon's lifecycle under one shutdown signal; [`signal`],
+//!   the flag behind its cheapest wait.
 //! - [`cli`]: the command line (`run`, `status`, `rotate`, `query`, `check-config`).
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod rotation;
 pub mod secret;
 pub mod service;
 pub mod shutdown;
+pub mod signal;
 pub mod targets;
 pub mod tls;
 pub mod webhook;

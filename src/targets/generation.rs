@@ -36,6 +36,8 @@ pub struct Sessions {
     kept: AtomicUsize,
     left: Notify,
     end: watch::Sender<bool>,
+    /// The same as `end`, for transaction mode's wait at every transaction.
+    end_signal: Arc<crate::signal::Signal>,
 }
 
 impl Default for Sessions {
@@ -45,6 +47,7 @@ impl Default for Sessions {
             kept: AtomicUsize::new(0),
             left: Notify::new(),
             end: watch::channel(false).0,
+            end_signal: Arc::default(),
         }
     }
 }
@@ -91,11 +94,17 @@ impl Sessions {
     /// Tells every session to end at its next idle point.
     pub fn end_at_idle(&self) {
         self.end.send_replace(true);
+        self.end_signal.fire();
     }
 
     /// Turns true when sessions should end at their next idle point.
     pub fn ending(&self) -> watch::Receiver<bool> {
         self.end.subscribe()
+    }
+
+    /// The same, as a wait that is cheap to poll at every wake-up (see [`crate::signal`]).
+    pub fn ending_wait(&self) -> crate::signal::Waiting {
+        self.end_signal.waiting()
     }
 }
 

@@ -52,10 +52,11 @@ struct Held {
 /// Resolves at the drain deadline of one generation. Kept by the session for as long as its
 /// connections are of that generation: made at every checkout, it cost a waiter's registration
 /// and removal and an allocation per transaction (3 % of its instructions); made at every
-/// wake-up, as at first, as much again.
+/// wake-up, as at first, as much again. A [`crate::signal`] wait, as a `watch` wait took a lock
+/// at each poll.
 struct Deadline {
     generation: u64,
-    wait: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    wait: crate::signal::Waiting,
     passed: bool,
 }
 
@@ -65,16 +66,11 @@ impl Deadline {
         let generation = held.guard.generation();
         match current {
             Some(d) if d.generation == generation.id => d,
-            _ => {
-                let mut ending = generation.sessions.ending();
-                Deadline {
-                    generation: generation.id,
-                    wait: Box::pin(async move {
-                        let _ = ending.wait_for(|e| *e).await;
-                    }),
-                    passed: false,
-                }
-            }
+            _ => Deadline {
+                generation: generation.id,
+                wait: generation.sessions.ending_wait(),
+                passed: false,
+            },
         }
     }
 }
@@ -385,9 +381,8 @@ impl Session<'_> {
         // this error and ReadyForQuery.
         let mut refused: Option<BytesMut> = None;
         // One wait on the shutdown for the whole session: made afresh at every wake-up it
-        // registered and removed a waiter each time.
-        let mut shutdown = self.fe.shutdown.clone();
-        let mut stop = std::pin::pin!(async move { shutdown.wait().await });
+        // registered and removed a waiter each time; a `watch` wait took a lock at each poll.
+        let mut stop = self.fe.shutdown.waiting();
         let mut stopped = false;
         let to_server = self.metrics.to_server.clone();
         let to_client = self.metrics.to_client.clone();
