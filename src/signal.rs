@@ -1,8 +1,9 @@
-//! A flag that turns on once and wakes every task waiting for it, made to be polled again at
-//! every wake-up of a busy task for almost nothing: a waiter is registered once, and a poll is
-//! an atomic load and an `AtomicWaker` update. Transaction mode polls its shutdown and its
-//! connection's drain deadline once per transaction; as `watch` waits, that took a lock each
-//! time (2.8 % of its instructions, `dev/profile_wire.py`).
+//! Waits made to be polled again at every wake-up of a busy task for almost nothing: a poll is
+//! an atomic load and an `AtomicWaker` update, where a `watch` or `Notify` wait takes a lock.
+//! [`Signal`] turns on once for many waiters (the shutdown, a generation's drain deadline, a
+//! host found changed); [`Bell`] rings any number of times for one (a session's `25006`).
+//! Transaction mode polls its shutdown and drain-deadline waits once per transaction (2.8 % of
+//! its instructions as `watch` waits); session mode polls its waits at every wake-up.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -84,6 +85,33 @@ impl Drop for Waiting {
     }
 }
 
+/// Rings any number of times for one waiting task: each ring is seen once by the next poll of
+/// [`Bell::rung`] after it.
+#[derive(Debug, Default)]
+pub struct Bell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Bell {
+    pub fn ring(&self) {
+        self.rung.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Resolves at the next ring (or at once for one not seen yet).
+    pub fn rung(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.rung.swap(false, Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +136,22 @@ mod tests {
         signal.waiting().await;
         drop(signal.waiting());
         assert!(signal.waiters.lock().unwrap().len() <= 1);
+    }
+
+    #[tokio::test]
+    async fn a_bell_is_heard_once_per_ring() {
+        let bell = Arc::new(Bell::default());
+        let ringing = tokio::spawn({
+            let bell = bell.clone();
+            async move { bell.ring() }
+        });
+        bell.rung().await;
+        ringing.await.unwrap();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut again = std::pin::pin!(bell.rung());
+        assert!(again.as_mut().poll(&mut cx).is_pending(), "heard already");
+        bell.ring();
+        assert!(again.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::dsn::{Server, SessionAttrs};
+use crate::signal::{Signal, Waiting};
 
 /// A host that failed within this long is tried after the others.
 const DOWN_FOR: Duration = Duration::from_secs(10);
@@ -143,9 +144,9 @@ struct Host {
     /// A second handle on the socket of each front-end connection open to this host (by lease
     /// id), to shut it down from outside when the host is found unreachable.
     sockets: Mutex<Vec<(u64, std::net::TcpStream)>>,
-    /// Counts the times the server was found changed (promoted, demoted, fenced): session-mode
-    /// sessions on it end at their next idle point.
-    kind_changes: tokio::sync::watch::Sender<u64>,
+    /// Fired when the server is found changed (promoted, demoted, fenced), and replaced by a
+    /// fresh one: session-mode sessions on it end at their next idle point.
+    kind_change: Mutex<Arc<Signal>>,
 }
 
 /// A writable target's connections moved to another host.
@@ -227,8 +228,8 @@ pub struct HostLease {
     given_up: std::sync::atomic::AtomicBool,
     /// Its socket's entry in `Host::sockets`, if one was given.
     socket: Option<u64>,
-    /// `Host::kind_changes` when it was made.
-    kind_changes: u64,
+    /// `Host::kind_change` when it was made.
+    kind_change: Arc<Signal>,
 }
 
 /// A host of a generation, for what learns of its failure away from any connection's lease
@@ -325,16 +326,8 @@ impl HostLease {
     /// Resolves once the host is found changed after this connection was made (see
     /// [`HostLease::host_changed`]; also a login that finds the server of another kind). A
     /// session-mode session waits on it to end at its next idle point.
-    pub fn kind_changed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut changes = self.book.hosts[self.index].kind_changes.subscribe();
-        let seen = self.kind_changes;
-        async move {
-            // The book (and so the sender) lives as long as this future's receiver is used
-            // by a session holding the lease; a closed channel never resolves.
-            if changes.wait_for(|n| *n != seen).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+    pub fn kind_changed(&self) -> Waiting {
+        self.kind_change.waiting()
     }
 
     /// Where this connection is: its host's place in the book.
@@ -434,7 +427,7 @@ impl HostBook {
                     open: Mutex::new(0),
                     seen: Mutex::new((Seen::Unknown, None)),
                     sockets: Mutex::new(Vec::new()),
-                    kind_changes: tokio::sync::watch::Sender::new(0),
+                    kind_change: Mutex::default(),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -540,12 +533,12 @@ impl HostBook {
             }
             _ => None,
         };
-        let (epoch, kind_changes) = {
+        let (epoch, kind_change) = {
             let mut open = host.open.lock().expect("never poisoned");
             *open += 1;
             (
                 host.epoch.load(Ordering::Acquire),
-                *host.kind_changes.borrow(),
+                host.kind_change.lock().expect("never poisoned").clone(),
             )
         };
         Some(HostLease {
@@ -555,7 +548,7 @@ impl HostBook {
             fallback,
             given_up: std::sync::atomic::AtomicBool::new(false),
             socket: None,
-            kind_changes,
+            kind_change,
         })
     }
 
@@ -600,7 +593,8 @@ impl HostBook {
         host.epoch.fetch_add(1, Ordering::AcqRel);
         *open = 0;
         // Under the same lock as the epoch, so a lease made meanwhile sees both or neither.
-        host.kind_changes.send_modify(|n| *n += 1);
+        let fired = std::mem::take(&mut *host.kind_change.lock().expect("never poisoned"));
+        fired.fire();
     }
 
     fn bump(&self, index: usize) {

@@ -121,7 +121,7 @@ const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 struct FromServer<'a> {
     position: &'a Position,
     end_now: bool,
-    read_only: Option<&'a tokio::sync::Notify>,
+    read_only: Option<&'a crate::signal::Bell>,
 }
 
 impl Seen for FromServer<'_> {
@@ -132,7 +132,7 @@ impl Seen for FromServer<'_> {
     fn error_start(&mut self, body: &[u8]) {
         if let Some(notify) = self.read_only {
             if super::wire::sqlstate_field(body) == Some(b"25006") {
-                notify.notify_one();
+                notify.ring();
             }
         }
     }
@@ -151,7 +151,7 @@ pub async fn forward<C, S>(
     max_message: usize,
     to_server: &Counter,
     to_client: &Counter,
-    read_only: Option<&tokio::sync::Notify>,
+    read_only: Option<&crate::signal::Bell>,
 ) -> End
 where
     C: AsyncRead + AsyncWrite + Unpin,

@@ -310,8 +310,6 @@ async fn begin(
     tracing::debug!(target_name = %name, generation = generation.id, uid = peer.map(|p| p.uid), "postgres session started");
 
     let metrics = fe.metrics.postgres_session(&name);
-    let mut ending = generation.sessions.ending();
-    let mut shutdown = fe.shutdown.clone();
     // A session keeps its server connection, so one on a server that is not the target's kind
     // any more (found so by anyone: a login, the HTTP API, transaction mode, or this session's
     // own 25006 on a writable target, which has the host looked at) ends at its next idle point.
@@ -321,29 +319,23 @@ async fn begin(
         .as_ref()
         .filter(|h| h.wants_writable())
         .map(|h| h.index());
-    let read_only = tokio::sync::Notify::new();
+    let read_only = crate::signal::Bell::default();
     let host_changed = std::sync::atomic::AtomicBool::new(false);
+    // Polled at every wake-up of the session: waits of `crate::signal`, an atomic load each.
     let asked = async {
-        let changed = async {
-            match changed {
-                Some(c) => c.await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut changed = std::pin::pin!(changed);
-        let mut drained = std::pin::pin!(async {
-            let _ = ending.wait_for(|e| *e).await;
-        });
-        let mut stopped = std::pin::pin!(shutdown.wait());
+        let mut drained = generation.sessions.ending_wait();
+        let mut stopped = fe.shutdown.waiting();
+        let has_host = changed.is_some();
+        let mut changed = changed.unwrap_or_else(|| fe.shutdown.waiting());
         loop {
             tokio::select! {
                 _ = &mut drained => return,
                 _ = &mut stopped => return,
-                _ = &mut changed => {
+                _ = &mut changed, if has_host => {
                     host_changed.store(true, std::sync::atomic::Ordering::Release);
                     return;
                 }
-                _ = read_only.notified(), if watch_read_only.is_some() => {
+                _ = read_only.rung(), if watch_read_only.is_some() => {
                     let index = watch_read_only.expect("only when set");
                     server::probe(generation.pool.plan(), index).await;
                 }

@@ -418,8 +418,18 @@ mod tests {
     #[test]
     fn the_quick_check_misses_no_rule_word() {
         for word in [
-            "set", "RESET", "set_config", "Discard", "PREPARE", "listen", "deallocate", "temp",
-            "TEMPORARY", "hold", "pg_advisory_lock", "pg_try_advisory_lock_shared",
+            "set",
+            "RESET",
+            "set_config",
+            "Discard",
+            "PREPARE",
+            "listen",
+            "deallocate",
+            "temp",
+            "TEMPORARY",
+            "hold",
+            "pg_advisory_lock",
+            "pg_try_advisory_lock_shared",
         ] {
             assert!(might_matter(word.as_bytes()), "{word}");
         }
