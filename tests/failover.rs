@@ -671,15 +671,22 @@ async fn a_fenced_primary_is_left_and_a_failover_during_a_rotation_is_followed()
         "the connection was left after the client's own 25006"
     );
     assert_eq!(write("wire").await.unwrap(), a.port());
-    // The same in session mode, where the 25006 has the host looked at again: still writable,
-    // so the session goes on.
+    // The same in session mode, where the 25006 has the host looked at again with a login of
+    // its own (seen in status as a newer `last_seen_at`): still writable, so the session goes
+    // on.
     let session_backend = session_pid(&session).await;
+    let seen = front.hosts("rws").await[0]["last_seen_at"].clone();
     let e = session
         .batch_execute("BEGIN READ ONLY; INSERT INTO writes (via) VALUES ('ro')")
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), Some("25006"), "{e}");
     session.batch_execute("ROLLBACK").await.unwrap();
+    until("the session-mode host looked at again", || {
+        let (front, seen) = (front.clone(), seen.clone());
+        async move { front.hosts("rws").await[0]["last_seen_at"] != seen }
+    })
+    .await;
     assert_eq!(session_pid(&session).await, session_backend);
 
     // a is fenced (default_transaction_read_only by reload, as a failover tool does) and b

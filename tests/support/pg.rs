@@ -186,11 +186,7 @@ impl Cluster {
     /// Makes this (stopped) cluster a standby of `primary` on its own port again: its data is
     /// replaced by a base backup of the primary, as an old primary rejoins after a failover.
     pub fn rejoin_as_standby_of(&mut self, primary: &Cluster) {
-        let _ = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = pg_ctl_stop(self.dir.path(), "immediate").output();
         self.owned = None;
         run(
             {
@@ -243,37 +239,6 @@ impl Cluster {
             .get(0)
     }
 
-    /// Waits (at most 10 s) until the standby has replayed everything the primary has written.
-    pub async fn caught_up_with(&self, primary: &Cluster) {
-        let lsn: String = primary
-            .admin()
-            .await
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let admin = self.admin().await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let done: bool = admin
-                .query_one(
-                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                    &[&lsn],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if done {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the standby did not catch up within 10 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
     fn configure_and_start(dir: tempfile::TempDir, tls: bool, standby: Option<String>) -> Cluster {
         let cache = cache();
         let data = dir.path().join("data");
@@ -320,25 +285,14 @@ impl Cluster {
             std::fs::write(data.join("postgresql.auto.conf"), conf).unwrap();
             let log = dir.path().join("server.log");
             let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
-            let out = pg_command("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "30", "start"])
-                .output()
-                .expect("pg_ctl runs");
+            let out = pg_ctl_start(dir.path()).output().expect("pg_ctl runs");
             // With two listen addresses PostgreSQL starts if it can bind either: a port another
             // test's cluster holds on 127.0.0.1 would leave `localhost` reaching that cluster.
             let log_text = std::fs::read_to_string(&log)
                 .map(|t| t.get(logged_before..).unwrap_or_default().to_string())
                 .unwrap_or_default();
             if out.status.success() && log_text.contains("could not bind") {
-                let _ = pg_command("pg_ctl")
-                    .arg("-D")
-                    .arg(&data)
-                    .args(["-m", "immediate", "-w", "stop"])
-                    .output();
+                let _ = pg_ctl_stop(dir.path(), "immediate").output();
                 last_error = log_text;
                 continue;
             }
@@ -451,44 +405,20 @@ impl Cluster {
 
     /// Stops the server (fast shutdown: sessions are terminated), keeping its data and port.
     pub fn stop(&self) {
-        run(
-            {
-                let mut c = pg_command("pg_ctl");
-                c.arg("-D")
-                    .arg(self.dir.path().join("data"))
-                    .args(["-m", "fast", "-w", "stop"]);
-                c
-            },
-            "pg_ctl stop",
-        );
+        run(pg_ctl_stop(self.dir.path(), "fast"), "pg_ctl stop");
     }
 
     /// Starts a stopped server again on the same port.
     pub fn start_again(&mut self) {
-        run(
-            {
-                let mut c = pg_command("pg_ctl");
-                c.arg("-D")
-                    .arg(self.dir.path().join("data"))
-                    .arg("-l")
-                    .arg(self.dir.path().join("server.log"))
-                    .args(["-w", "-t", "30", "start"]);
-                c
-            },
-            "pg_ctl start",
-        );
+        run(pg_ctl_start(self.dir.path()), "pg_ctl start");
         self.owned = Some(own_postmaster(&self.dir.path().join("data")));
     }
 
     /// Kills the postmaster with SIGKILL, as a crash would, and waits until it is gone (its
     /// listening socket closes with it; its backends notice and exit on their own).
     pub fn kill(&mut self) {
-        let data = self.dir.path().join("data");
-        let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-            .expect("a running cluster has postmaster.pid");
-        let process = rustix::process::Pid::from_raw(pid).expect("a positive pid");
+        let pid = postmaster_pid(&self.dir.path().join("data"));
+        let process = rustix::process::Pid::from_raw(pid as i32).expect("a positive pid");
         rustix::process::kill_process(process, rustix::process::Signal::KILL)
             .expect("the test may signal the server it started");
         self.killed = true;
@@ -554,35 +484,50 @@ fn base_backup(dir: &Path, primary: &Cluster) -> String {
         .join("\n")
 }
 
-/// Records the postmaster of a started cluster (its pid is the first line of postmaster.pid).
-fn own_postmaster(data: &Path) -> super::owned::Owned {
-    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+/// The pid of a started cluster's postmaster: the first line of postmaster.pid.
+fn postmaster_pid(data: &Path) -> u32 {
+    std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-        .expect("a started cluster has postmaster.pid");
-    super::owned::record(pid, "postgres")
+        .expect("a started cluster has postmaster.pid")
+}
+
+/// Records the postmaster of a started cluster.
+fn own_postmaster(data: &Path) -> super::owned::Owned {
+    super::owned::record(postmaster_pid(data), "postgres")
+}
+
+/// `pg_ctl start` for the cluster in `dir` (data in `dir/data`, log in `dir/server.log`),
+/// waiting up to 30 s.
+fn pg_ctl_start(dir: &Path) -> Command {
+    let mut c = pg_command("pg_ctl");
+    c.arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("server.log"))
+        .args(["-w", "-t", "30", "start"]);
+    c
+}
+
+/// `pg_ctl stop` of the cluster in `dir`, in `mode` (`fast`, `immediate`), waiting.
+fn pg_ctl_stop(dir: &Path, mode: &str) -> Command {
+    let mut c = pg_command("pg_ctl");
+    c.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-m", mode, "-w", "stop"]);
+    c
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.killed {
             // Crash recovery removes what the killed server left; the stop below ends it.
-            let started = pg_command("pg_ctl")
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .arg("-l")
-                .arg(self.dir.path().join("server.log"))
-                .args(["-w", "-t", "30", "start"])
-                .output();
+            let started = pg_ctl_start(self.dir.path()).output();
             if started.is_ok_and(|o| o.status.success()) {
                 self.owned = Some(own_postmaster(&self.dir.path().join("data")));
             }
         }
-        let _ = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = pg_ctl_stop(self.dir.path(), "immediate").output();
         self.owned = None;
     }
 }
