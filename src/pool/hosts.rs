@@ -330,6 +330,24 @@ impl HostLease {
         self.kind_change.waiting()
     }
 
+    /// Whether that has happened.
+    pub fn has_kind_changed(&self) -> bool {
+        self.kind_change.is_fired()
+    }
+
+    /// Whether the last attempt to reach this connection's host failed (a login, or a cancel
+    /// that could not get through): its sockets may have been shut down by credswap.
+    pub fn host_is_down(&self) -> bool {
+        matches!(
+            self.book.hosts[self.index]
+                .seen
+                .lock()
+                .expect("never poisoned")
+                .0,
+            Seen::Down { .. }
+        )
+    }
+
     /// Where this connection is: its host's place in the book.
     pub fn index(&self) -> usize {
         self.index

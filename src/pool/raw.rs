@@ -165,6 +165,8 @@ pub enum ServerError {
     Protocol { server: String, detail: String },
     #[error("no listed server can serve target_session_attrs={wanted}: {tried}")]
     NoSuitableServer { wanted: &'static str, tried: String },
+    #[error("{server}: the PostgreSQL front end connects over TCP only")]
+    TcpOnly { server: String },
 }
 
 impl ServerError {
@@ -199,80 +201,79 @@ pub async fn connect(
     plan: &ConnectPlan,
     params: &[(String, String)],
 ) -> Result<ServerConnection, ServerError> {
-    let book = plan.hosts();
-    let deadline = plan.connect_timeout();
-    let mut walk = book.walk();
+    let mut walk = plan.hosts().walk();
     while let Some(index) = walk.next_host() {
-        let server = &plan.conn().servers[index];
-        let Host::Tcp(host) = &server.host else {
-            let detail = "the PostgreSQL front end connects over TCP only".into();
-            let server = server.host.to_string();
-            walk.missed(index, ServerError::Unreachable { server, detail }, false);
-            continue;
-        };
-        let label = book.label(index);
-        let attempt = tokio::time::timeout(
-            deadline,
-            connect_host(plan, host, server.port, params, label),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(ServerError::Timeout {
-                server: label.to_string(),
-                after: deadline,
-            })
-        });
-        let mut conn = match attempt {
-            Ok(c) => c,
+        let (mut conn, kind) = match reach(plan, index, params).await {
+            Ok(reached) => reached,
             Err(e) if e.is_not_now() => {
                 walk.missed(index, e, false);
                 continue;
             }
             Err(e @ ServerError::Refused { .. }) => return Err(e),
+            Err(e @ ServerError::TcpOnly { .. }) => {
+                walk.missed(index, e, false);
+                continue;
+            }
             Err(e) => {
                 walk.missed(index, e, true);
                 continue;
             }
         };
-        match kind_of(&mut conn, deadline).await {
-            Ok(kind) => match walk.reached(index, kind) {
-                Some(mut lease) => {
-                    if let Some(socket) = conn.stream.second_handle() {
-                        lease.watch_socket(socket);
-                    }
-                    conn.key.host = Some(lease.host_ref());
-                    conn.host = Some(lease);
-                    return Ok(conn);
+        match walk.reached(index, kind) {
+            Some(mut lease) => {
+                if let Some(socket) = conn.stream.second_handle() {
+                    lease.watch_socket(socket);
                 }
-                None => terminate(&mut conn.stream).await,
-            },
-            Err(e) => walk.missed(index, e, true),
+                conn.key.host = Some(lease.host_ref());
+                conn.host = Some(lease);
+                return Ok(conn);
+            }
+            None => terminate(&mut conn.stream).await,
         }
     }
     Err(walk.finish(|wanted, tried| ServerError::NoSuitableServer { wanted, tried }))
 }
 
-/// Logs in to host `index` of the plan once, only to see what its server is now: a server of
-/// another kind than before (fenced, demoted) makes the book leave its connections, and
-/// session-mode sessions on it end at their next idle point. Bounded by `connect_timeout`.
-pub async fn probe(plan: &ConnectPlan, index: usize) {
+/// Logs in to host `index` of the plan and learns what its server is, each within
+/// `connect_timeout`.
+async fn reach(
+    plan: &ConnectPlan,
+    index: usize,
+    params: &[(String, String)],
+) -> Result<(ServerConnection, ServerKind), ServerError> {
     let server = &plan.conn().servers[index];
     let Host::Tcp(host) = &server.host else {
-        return;
+        return Err(ServerError::TcpOnly {
+            server: server.host.to_string(),
+        });
     };
-    let book = plan.hosts();
-    let label = book.label(index);
+    let label = plan.hosts().label(index);
     let deadline = plan.connect_timeout();
-    let look = async {
-        let mut conn = connect_host(plan, host, server.port, &[], label)
-            .await
-            .ok()?;
-        let kind = kind_of(&mut conn, deadline).await.ok();
+    let mut conn = tokio::time::timeout(
+        deadline,
+        connect_host(plan, host, server.port, params, label),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ServerError::Timeout {
+            server: label.to_string(),
+            after: deadline,
+        })
+    })?;
+    let kind = kind_of(&mut conn, deadline).await?;
+    Ok((conn, kind))
+}
+
+/// Logs in to host `index` of the plan once, only to see what its server is now: a server of
+/// another kind than before (fenced, demoted) makes the book leave its connections, and
+/// session-mode sessions on it end at their next idle point.
+pub async fn probe(plan: &ConnectPlan, index: usize) {
+    if let Ok((mut conn, kind)) = reach(plan, index, &[]).await {
         terminate(&mut conn.stream).await;
-        kind
-    };
-    if let Ok(Some(kind)) = tokio::time::timeout(deadline, look).await {
-        drop(book.reached(index, kind, crate::pool::hosts::Pass::Only));
+        drop(
+            plan.hosts()
+                .reached(index, kind, crate::pool::hosts::Pass::Only),
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use super::Frontend;
 use crate::config::access::Peer;
 use crate::config::PoolMode;
 use crate::listen::{ReadInterestStream, UnixConn};
+use crate::pool::hosts::HostLease;
 use crate::pool::raw::{self as server, ServerError};
 use crate::targets::generation::SessionGuard;
 use crate::targets::TargetHandle;
@@ -320,7 +321,6 @@ async fn begin(
         .filter(|h| h.wants_writable())
         .map(|h| h.index());
     let read_only = crate::signal::Bell::default();
-    let host_changed = std::sync::atomic::AtomicBool::new(false);
     // Polled at every wake-up of the session: waits of `crate::signal`, an atomic load each.
     let asked = async {
         let mut drained = generation.sessions.ending_wait();
@@ -331,10 +331,7 @@ async fn begin(
             tokio::select! {
                 _ = &mut drained => return,
                 _ = &mut stopped => return,
-                _ = &mut changed, if has_host => {
-                    host_changed.store(true, std::sync::atomic::Ordering::Release);
-                    return;
-                }
+                _ = &mut changed, if has_host => return,
                 _ = read_only.rung(), if watch_read_only.is_some() => {
                     let index = watch_read_only.expect("only when set");
                     server::probe(generation.pool.plan(), index).await;
@@ -359,7 +356,11 @@ async fn begin(
             let text = if fe.shutdown.is_fired() {
                 "terminating connection: credswap is shutting down; reconnect when it is back"
                     .to_string()
-            } else if host_changed.load(std::sync::atomic::Ordering::Acquire) {
+            } else if server
+                .host
+                .as_ref()
+                .is_some_and(HostLease::has_kind_changed)
+            {
                 format!(
                     "terminating connection: the server of this session ({}) is not the kind target \"{name}\" wants any more (target_session_attrs={}: it was promoted, demoted or fenced read-only); reconnect to reach one that is",
                     server.host.as_ref().map_or("", |h| h.label()),
@@ -400,7 +401,9 @@ async fn begin(
             }
             "client_closed"
         }
-        End::ServerClosed | End::Io(_) if server.is_stale() => {
+        End::ServerClosed | End::Io(_)
+            if server.host.as_ref().is_some_and(HostLease::host_is_down) =>
+        {
             // Shut down by credswap: its host stopped answering (a cancel could not reach it).
             fatal(
                 stream,

@@ -51,9 +51,8 @@ struct Held {
 
 /// Resolves at the drain deadline of one generation. Kept by the session for as long as its
 /// connections are of that generation: made at every checkout, it cost a waiter's registration
-/// and removal and an allocation per transaction (3 % of its instructions); made at every
-/// wake-up, as at first, as much again. A [`crate::signal`] wait, as a `watch` wait took a lock
-/// at each poll.
+/// and removal and an allocation per transaction; made at every wake-up, as at first, more. A
+/// [`crate::signal`] wait, as a `watch` wait took a lock at each poll.
 struct Deadline {
     generation: u64,
     wait: crate::signal::Waiting,
@@ -347,17 +346,18 @@ impl Session<'_> {
     /// in which case every connection to its host is left, and new ones check again. A client's
     /// own `READ ONLY` transaction gives 25006 too, and changes nothing.
     async fn still_writable(&self, server: &mut Server) -> bool {
-        let Some(host) = server.conn.host.as_ref().filter(|h| h.wants_writable()) else {
-            return true;
-        };
-        let label = host.label().to_string();
-        if raw::still_writable(&mut server.conn, QUIET_TIMEOUT).await {
+        if !server
+            .conn
+            .host
+            .as_ref()
+            .is_some_and(|h| h.wants_writable())
+            || raw::still_writable(&mut server.conn, QUIET_TIMEOUT).await
+        {
             return true;
         }
-        tracing::warn!(target_name = %self.name, host = %label, "the server of a writable target is read-only now: its connections are left");
-        if let Some(host) = &server.conn.host {
-            host.host_changed();
-        }
+        let host = server.conn.host.as_ref().expect("a writable target's host");
+        tracing::warn!(target_name = %self.name, host = %host.label(), "the server of a writable target is read-only now: its connections are left");
+        host.host_changed();
         false
     }
 

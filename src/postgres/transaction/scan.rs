@@ -122,8 +122,9 @@ static LETTER: [u8; 256] = {
 };
 
 /// Whether the text has any of [`PAIRS`]. Without one no rule can apply, and the tokenizer
-/// is skipped: pgbench's `SELECT abalance FROM pgbench_accounts WHERE aid = ...` has none,
-/// and the check costs a third of the scan (`dev/profile_wire.py`).
+/// is skipped: pgbench's `SELECT abalance FROM pgbench_accounts WHERE aid = ...` has none.
+/// The scan of that statement took 1,432 instructions in `dev/profile_wire.py 16 15 txn`
+/// before, and 640 with this check.
 fn might_matter(sql: &[u8]) -> bool {
     let mut prev = 0u8;
     for &c in sql {
