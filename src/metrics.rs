@@ -117,6 +117,7 @@ pub struct Metrics {
     pg_wait: Family<TargetLabel, Histogram, fn() -> Histogram>,
     pg_sessions: Family<StateLabels, Gauge>,
     pg_pinned: Family<ReasonLabels, Counter>,
+    pg_server_resets: Family<ReasonLabels, Counter>,
     host_connections: Family<HostLabels, Gauge>,
     failovers: Family<TargetLabel, Counter>,
 }
@@ -153,6 +154,7 @@ impl Metrics {
             pg_wait: Family::new_with_constructor(seconds_buckets as fn() -> Histogram),
             pg_sessions: Family::default(),
             pg_pinned: Family::default(),
+            pg_server_resets: Family::default(),
             host_connections: Family::default(),
             failovers: Family::default(),
             registry: Registry::with_prefix("credswap"),
@@ -196,6 +198,11 @@ impl Metrics {
             "postgres_pinned_clients",
             "Transaction-mode clients pinned to their server connection for the rest of their session, by target and reason",
             m.pg_pinned.clone(),
+        );
+        m.registry.register(
+            "postgres_server_resets",
+            "Transaction-mode server connections brought back to their login state after a transaction (reason=reset), or closed because they could not be (failed, statements_changed), by target",
+            m.pg_server_resets.clone(),
         );
         m.registry.register(
             "server_connections",
@@ -406,6 +413,17 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 target: target.into(),
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A transaction-mode server connection was reset after a transaction (`reset`), or
+    /// closed because it could not be (`failed`, `statements_changed`).
+    pub fn postgres_server_reset(&self, target: &str, result: &str) {
+        self.pg_server_resets
+            .get_or_create(&ReasonLabels {
+                target: target.into(),
+                reason: result.into(),
             })
             .inc();
     }

@@ -11,6 +11,36 @@ pub struct Access {
     pub gids: BTreeSet<u32>,
 }
 
+/// Which clients of a target may share server connections: the uid is the wall (a server
+/// connection, the prepared statements on it and whatever session state a client could leave
+/// there go only to clients of the same uid), unless the operator declared several uids one
+/// trust domain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustDomains {
+    groups: Vec<Vec<u32>>,
+}
+
+impl TrustDomains {
+    /// Groups already checked: each of at least two uids, no uid in two.
+    pub fn new(groups: Vec<Vec<u32>>) -> TrustDomains {
+        TrustDomains { groups }
+    }
+
+    pub fn groups(&self) -> &[Vec<u32>] {
+        &self.groups
+    }
+
+    /// The domain of `uid`: the smallest uid of its group, or itself. (A group's smallest uid
+    /// is in that group, so no uid outside it has the same domain.)
+    pub fn domain(&self, uid: u32) -> u32 {
+        self.groups
+            .iter()
+            .find(|g| g.contains(&uid))
+            .and_then(|g| g.iter().min().copied())
+            .unwrap_or(uid)
+    }
+}
+
 /// What a peer is: from `SO_PEERCRED`, plus its supplementary groups (read by `listen::peer`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {

@@ -23,7 +23,7 @@ pub use env::{Env, ProcessEnv, DEFAULT_TARGET};
 pub use render::render_effective;
 pub use types::{
     ApiConfig, BreakerSettings, DaemonConfig, PoolMode, PoolSettings, PostgresConfig,
-    RetrySettings, SourceConfig, StartupPolicy, WebhookConfig,
+    RetrySettings, ServerReset, SourceConfig, StartupPolicy, WebhookConfig,
 };
 
 use crate::dsn::ConnInfo;
@@ -103,6 +103,7 @@ pub struct Postgres {
     pub max_client_connections: usize,
     pub max_message_bytes: usize,
     pub startup_timeout: Duration,
+    pub server_reset: ServerReset,
 }
 
 /// One validated target.
@@ -119,6 +120,8 @@ pub struct Target {
     pub retry: RetrySettings,
     pub breaker: BreakerSettings,
     pub access: access::Access,
+    /// Which clients may share server connections.
+    pub trust: access::TrustDomains,
     pub source: Source,
 }
 
@@ -136,6 +139,7 @@ impl Target {
             retry: RetrySettings::default(),
             breaker: BreakerSettings::default(),
             access: access::Access::default(),
+            trust: access::TrustDomains::default(),
             source,
         }
     }

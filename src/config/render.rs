@@ -30,6 +30,7 @@ struct EffectivePostgres {
     max_message_bytes: usize,
     #[serde(with = "super::duration")]
     startup_timeout: std::time::Duration,
+    server_reset: super::ServerReset,
 }
 
 #[derive(Serialize)]
@@ -67,6 +68,8 @@ struct EffectiveTarget<'a> {
     breaker: &'a BreakerSettings,
     allow_uids: Vec<u32>,
     allow_gids: Vec<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    trust_domains: Vec<Vec<u32>>,
     source: EffectiveSource,
 }
 
@@ -97,6 +100,7 @@ pub fn render_effective(config: &Config) -> String {
             max_client_connections: p.max_client_connections,
             max_message_bytes: p.max_message_bytes,
             startup_timeout: p.startup_timeout,
+            server_reset: p.server_reset,
         }),
         api: EffectiveApi {
             socket: config.api.socket.display().to_string(),
@@ -130,6 +134,7 @@ pub fn render_effective(config: &Config) -> String {
                 breaker: &t.breaker,
                 allow_uids: t.access.uids.iter().copied().collect(),
                 allow_gids: t.access.gids.iter().copied().collect(),
+                trust_domains: t.trust.groups().to_vec(),
                 source: match &t.source {
                     Source::File(f) => EffectiveSource::File(f.clone()),
                     Source::Aws(a) => EffectiveSource::Aws(a.clone()),

@@ -142,6 +142,21 @@ pub struct PostgresConfig {
     /// How long a client may take to send its startup packet.
     #[serde(default = "default_pg_startup_timeout", with = "duration")]
     pub startup_timeout: Duration,
+    /// Transaction mode: when a server connection is reset before another client uses it.
+    #[serde(default)]
+    pub server_reset: ServerReset,
+}
+
+/// When a transaction-mode server connection is brought back to its login state.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerReset {
+    /// After every transaction that is not provably harmless (a read calling no function
+    /// but known built-ins, transaction control, a reported parameter): docs/postgres.md.
+    #[default]
+    Auto,
+    /// After every transaction, whatever it ran.
+    Always,
 }
 
 /// How client sessions map to server connections.
@@ -340,6 +355,11 @@ pub struct TargetConfig {
     pub allow_users: Vec<String>,
     #[serde(default)]
     pub allow_groups: Vec<String>,
+    /// Groups of uids whose clients may share server connections (and the prepared
+    /// statements and session state on them) with each other; every other uid shares with
+    /// itself only.
+    #[serde(default)]
+    pub trust_domains: Vec<Vec<u32>>,
     pub source: SourceConfig,
 }
 

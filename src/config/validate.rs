@@ -116,6 +116,7 @@ pub fn validate(
                 retry: t.retry,
                 breaker: t.breaker,
                 access: check_access(t, &at, &mut c),
+                trust: check_trust_domains(t, &at, &mut c),
                 source: check_source(&t.source, &format!("{at}.source"), &mut c),
             });
         }
@@ -207,6 +208,7 @@ fn validate_postgres(p: &super::PostgresConfig, c: &mut Collector<'_>) -> super:
         max_client_connections: p.max_client_connections,
         max_message_bytes: p.max_message_bytes,
         startup_timeout: p.startup_timeout,
+        server_reset: p.server_reset,
     }
 }
 
@@ -560,6 +562,34 @@ fn check_http_url(value: &str, key: &str, c: &mut Collector<'_>) {
             ),
         ),
     }
+}
+
+fn check_trust_domains(
+    t: &TargetConfig,
+    at: &str,
+    c: &mut Collector<'_>,
+) -> super::access::TrustDomains {
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, group) in t.trust_domains.iter().enumerate() {
+        let mut uniq: Vec<u32> = group.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        if uniq.len() < 2 {
+            c.error(
+                format!("{at}.trust_domains[{i}]"),
+                "holds fewer than two uids; fix: list the uids whose clients may share server connections (a uid alone shares with itself already), or remove it",
+            );
+        }
+        for uid in uniq {
+            if let Some(first) = seen.insert(uid, i) {
+                c.error(
+                    format!("{at}.trust_domains[{i}]"),
+                    format!("uid {uid} is in trust_domains[{first}] too; fix: merge the two groups, or keep the uid in one"),
+                );
+            }
+        }
+    }
+    super::access::TrustDomains::new(t.trust_domains.clone())
 }
 
 fn check_access(t: &TargetConfig, at: &str, c: &mut Collector<'_>) -> super::access::Access {

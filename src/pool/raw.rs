@@ -662,6 +662,63 @@ pub async fn run_quietly(
     run_for_self(conn, sql, within, |_| {}).await
 }
 
+/// What [`reset_session`] runs: everything `DISCARD ALL` does (PostgreSQL's own list: cursors,
+/// session authorization and role, every setting, listens, advisory locks, temporary objects,
+/// sequence state) but `DEALLOCATE ALL`, so the prepared statements credswap shares survive;
+/// then counts the prepared statements left: made with SQL (none should be), and all. Every
+/// name is schema-qualified: the session's `search_path` is the client's until `RESET ALL`.
+/// Plans stay cached (`DISCARD PLANS` would make every shared statement plan again).
+const RESET_SESSION: &str = "CLOSE ALL; RESET SESSION AUTHORIZATION; RESET ALL; UNLISTEN *; \
+    DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_catalog.pg_advisory_unlock_all(), \
+    (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
+    (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)";
+
+/// A connection brought back to its login state.
+pub struct SessionReset {
+    /// The `ParameterStatus` values it reported on the way (name, value).
+    pub status: Vec<(String, String)>,
+    /// Prepared statements left on it: made with SQL `PREPARE`, and all.
+    pub from_sql: u64,
+    pub prepared: u64,
+}
+
+/// Resets an idle transaction-mode connection ([`RESET_SESSION`]); `forget` drops its
+/// prepared statements too (`DEALLOCATE ALL`). Any error fails: the caller closes it.
+pub async fn reset_session(
+    conn: &mut ServerConnection,
+    forget: bool,
+    within: Duration,
+) -> Result<SessionReset, QuietError> {
+    let sql = if forget {
+        format!("DEALLOCATE ALL; {RESET_SESSION}")
+    } else {
+        RESET_SESSION.to_string()
+    };
+    let mut counts = None;
+    let status = run_for_self(conn, &sql, within, |row| {
+        let buffer = row.buffer();
+        let mut values = Vec::new();
+        let mut ranges = row.ranges();
+        while let Ok(Some(r)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
+            values.push(r.map(|r| &buffer[r]));
+        }
+        let number = |v: Option<&Option<&[u8]>>| {
+            std::str::from_utf8(v.copied().flatten()?)
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        };
+        counts = number(values.get(1)).zip(number(values.get(2)));
+    })
+    .await?;
+    let (from_sql, prepared) = counts.ok_or(QuietError::Broken)?;
+    Ok(SessionReset {
+        status,
+        from_sql,
+        prepared,
+    })
+}
+
 /// Whether the server of an idle connection can still take writes (after it answered
 /// `25006`; see [`crate::pool::hosts::STILL_WRITABLE_SQL`]). No answer counts as no.
 pub async fn still_writable(conn: &mut ServerConnection, within: Duration) -> bool {

@@ -1,8 +1,8 @@
 //! Server connections kept between sessions (session pooling). A client that leaves at an idle
 //! point (no transaction open, every request answered, nothing half-sent) leaves its server
 //! connection behind; it is reset with `DISCARD ALL` ([`crate::pool::raw::reset`]) and parked here
-//! for the next client of the same target and generation that asks with the same startup
-//! parameters. Parameters are matched exactly instead of being re-applied with `SET`: a
+//! for the next client of the same target, generation and trust domain ([`Lane`]) that asks
+//! with the same startup parameters. Parameters are matched exactly instead of being re-applied with `SET`: a
 //! connection opened with a client's `options` and `application_name` is, after `DISCARD ALL`,
 //! exactly what a fresh login with those parameters gives (RESET ALL returns to the login's
 //! values), so nothing has to be translated and a parameter the server refuses still gets the
@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 
 use crate::pool::raw::ServerConnection;
 
-/// Startup parameters a connection was opened with (the client's, minus protocol options).
-pub type Params = Vec<(String, String)>;
+use super::lane::Lane;
 
 struct Parked {
-    params: Params,
+    lane: Lane,
     conn: ServerConnection,
     since: Instant,
 }
@@ -48,14 +47,14 @@ pub struct Taken {
 }
 
 impl IdleServers {
-    /// A parked connection of `generation` opened with `params`, the most recently parked
+    /// A parked connection of `generation` in `lane`, the most recently parked
     /// first. When there is none and `others_open` sessions plus the parked connections would
     /// leave no room for one more within `max_size`, the oldest parked one is evicted.
     pub fn take(
         &self,
         target: &str,
         generation: u64,
-        params: &[(String, String)],
+        lane: &Lane,
         idle_timeout: Duration,
         others_open: usize,
         max_size: usize,
@@ -63,7 +62,7 @@ impl IdleServers {
         let mut targets = self.targets.lock().expect("never poisoned");
         let idle = targets.entry(target.to_string()).or_default();
         let mut close = idle.retire(generation, idle_timeout);
-        let found = idle.parked.iter().rposition(|p| p.params == params);
+        let found = idle.parked.iter().rposition(|p| &p.lane == lane);
         let conn = match found {
             Some(i) => Some(idle.parked.remove(i).conn),
             None => {
@@ -82,7 +81,7 @@ impl IdleServers {
         &self,
         target: &str,
         generation: u64,
-        params: Params,
+        lane: Lane,
         conn: ServerConnection,
         idle_timeout: Duration,
         max_idle: usize,
@@ -98,7 +97,7 @@ impl IdleServers {
             close.push(idle.parked.remove(0).conn);
         }
         idle.parked.push(Parked {
-            params,
+            lane,
             conn,
             since: Instant::now(),
         });

@@ -21,6 +21,7 @@
 pub mod cancel;
 pub mod forward;
 pub mod idle;
+pub mod lane;
 pub mod session;
 pub mod transaction;
 pub mod wire;

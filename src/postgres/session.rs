@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::forward::{self, End};
-use super::idle;
+use super::lane::{Lane, Params};
 use super::wire::{self, Startup, StartupError};
 use super::Frontend;
 use crate::config::access::Peer;
@@ -210,11 +210,13 @@ async fn begin(
     minor: u16,
     params: &[(String, String)],
 ) -> Result<(), Refusal> {
-    let target = authorize(fe, peer, database)?;
+    let (target, uid) = authorize(fe, peer, database)?;
     let name = target.name().to_string();
     let settings = target.settings();
+    // The uid is the wall: server connections go only to clients of one trust domain.
+    let domain = settings.trust.domain(uid);
     if settings.pool_mode.unwrap_or(fe.settings.pool_mode) == PoolMode::Transaction {
-        return super::transaction::serve(stream, fe, target, peer, minor, params).await;
+        return super::transaction::serve(stream, fe, target, peer, domain, minor, params).await;
     }
 
     // A place among the target's sessions, in arrival order.
@@ -245,12 +247,16 @@ async fn begin(
         .partition(|(k, _)| k.starts_with("_pq_."));
     // What a kept server connection must have been opened with to serve this client: the
     // parameters credswap passes on (user and database are the target's own).
-    let mut reuse_key: idle::Params = params
+    let mut reuse_params: Params = params
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication"))
         .cloned()
         .collect();
-    reuse_key.sort();
+    reuse_params.sort();
+    let reuse_key = Lane {
+        domain,
+        params: reuse_params,
+    };
 
     // A server connection of the current generation, which is joined before connecting so its
     // drain waits for this session: one parked by an earlier client with the same parameters,
@@ -462,20 +468,18 @@ pub(super) fn join_current(target: &TargetHandle) -> Result<SessionGuard, Refusa
     }
 }
 
-/// The target named `database`, if `peer` may use it. An unknown target and a forbidden one
-/// look the same to the client; the log says which.
+/// The target named `database` and the peer's uid, if `peer` may use it. An unknown target
+/// and a forbidden one look the same to the client; the log says which.
 fn authorize(
     fe: &Frontend,
     peer: Option<&Peer>,
     database: &str,
-) -> Result<Arc<TargetHandle>, Refusal> {
+) -> Result<(Arc<TargetHandle>, u32), Refusal> {
     let target = fe.targets.get(database);
-    let allowed = match (&target, peer) {
-        (Some(t), Some(p)) => fe.admin_uids.contains(&p.uid) || t.allows(p).is_some(),
-        _ => false,
-    };
-    if allowed {
-        return Ok(target.expect("allowed implies found"));
+    if let (Some(t), Some(p)) = (&target, peer) {
+        if fe.admin_uids.contains(&p.uid) || t.allows(p).is_some() {
+            return Ok((t.clone(), p.uid));
+        }
     }
     let uid = peer.map_or_else(|| "unknown".to_string(), |p| p.uid.to_string());
     if let Some(held) = fe.refusals.allow() {

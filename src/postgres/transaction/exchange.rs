@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::params::{is_tracked, Owned, Values};
-use super::scan::{Pin, Scan};
+use super::scan::{scan, scan_with, Pin, Scan};
 use super::servers::Server;
 use super::statements::{close_message, Statement, Statements};
 use crate::postgres::wire;
@@ -66,7 +66,7 @@ pub struct Client {
     /// The last unnamed `Parse`, to prepare again on another connection, and how many the
     /// client has sent.
     unnamed: Option<Bytes>,
-    unnamed_scan: Option<Scan>,
+    unnamed_scan: Scan,
     unnamed_seq: u64,
     /// The reported parameters as the client has seen them, and which of them it set.
     pub values: Values,
@@ -76,10 +76,13 @@ pub struct Client {
     unsynced: bool,
     /// After an error credswap made: requests dropped up to the next `Sync`.
     skipping: bool,
-    /// This checkout ran a session-level `SET` of an untracked parameter.
-    pub needs_reset: bool,
-    /// This checkout left the connection's statements unknown.
-    pub poisoned: bool,
+    /// This checkout may have left session state behind (SQL not known to leave none, a
+    /// function call, a `ParameterStatus` nobody asked for): the connection is reset before
+    /// it serves anyone else.
+    pub dirty: bool,
+    /// This checkout may have dropped the connection's prepared statements (`DEALLOCATE`,
+    /// `DISCARD`): the reset drops them all and credswap's record of them.
+    pub forgot: bool,
     /// This checkout sent SQL that may change session parameters: the `ParameterStatus` it
     /// produces is the client's to carry.
     sets_params: bool,
@@ -97,15 +100,15 @@ impl Client {
             max_statement_bytes,
             max_prepared,
             unnamed: None,
-            unnamed_scan: None,
+            unnamed_scan: Scan::default(),
             unnamed_seq: 0,
             values,
             owned: Owned::default(),
             pinned: None,
             unsynced: false,
             skipping: false,
-            needs_reset: false,
-            poisoned: false,
+            dirty: false,
+            forgot: false,
             sets_params: false,
             expect: VecDeque::new(),
             status: b'I',
@@ -145,13 +148,18 @@ impl Client {
             _ => {
                 let answer = match tag {
                     b'Q' => {
-                        self.apply(super::scan::scan(cstr(body).0));
+                        let scan = scan_with(cstr(body).0, server.values.standard_strings());
+                        self.apply(scan, Some(server));
                         // A simple query replaces the unnamed statement.
                         server.unnamed = None;
                         self.unnamed = None;
                         Some(Expect::Simple)
                     }
-                    b'F' => Some(Expect::Simple),
+                    b'F' => {
+                        // A function call by OID: what it does is out of sight.
+                        self.dirty = true;
+                        Some(Expect::Simple)
+                    }
                     b'E' => {
                         self.unsynced = true;
                         Some(Expect::Execute)
@@ -179,13 +187,23 @@ impl Client {
         }
     }
 
-    fn apply(&mut self, scan: Scan) {
+    /// Takes in what a statement does; `executed_on` is the connection it runs on now (a
+    /// `Query` or a `Bind`), `None` when it is only parsed.
+    fn apply(&mut self, scan: Scan, executed_on: Option<&mut Server>) {
         if self.pinned.is_none() {
             self.pinned = scan.pin;
         }
-        self.needs_reset |= scan.needs_reset;
-        self.poisoned |= scan.forgets_statements;
+        self.dirty |= scan.changes;
+        self.forgot |= scan.forgets_statements;
         self.sets_params |= scan.sets_params;
+        if let (true, Some(server)) = (scan.forgets_all, executed_on) {
+            // `DEALLOCATE ALL` (psycopg sends it after a DROP or a ROLLBACK, then prepares
+            // again): nothing is prepared on the connection any more, and the client's names
+            // are gone as it expects.
+            server.prepared.clear();
+            self.statements.clear();
+            self.statement_bytes = 0;
+        }
     }
 
     fn refuse(&mut self, r: Refused) {
@@ -206,12 +224,12 @@ impl Client {
         let (name, rest) = cstr(&m[5..]);
         if name.is_empty() {
             // Drivers send the same unnamed Parse again and again: scanned once.
-            let again = self.unnamed.as_deref() == Some(m) && self.unnamed_scan.is_some();
-            if !again {
-                self.unnamed_scan = Some(super::scan::scan(cstr(rest).0));
+            if self.unnamed.as_deref() != Some(m) {
+                self.unnamed_scan = scan(cstr(rest).0);
                 self.unnamed = Some(Bytes::copy_from_slice(m));
             }
-            self.apply(self.unnamed_scan.expect("set just now or before"));
+            let scan = self.unnamed_scan_for(&server.values);
+            self.apply(scan, None);
             self.unnamed_seq += 1;
             server.unnamed = Some((self.id, self.unnamed_seq));
             out.put_slice(m);
@@ -224,7 +242,7 @@ impl Client {
         }
         let statement = statements.get(rest);
         self.record(name, statement.clone())?;
-        self.apply(statement.scan);
+        self.apply(statement.scan_for(&server.values), None);
         if server.prepared.touch(statement.id) {
             self.expect.push_back(Expect::Parsed {
                 client: name.to_vec(),
@@ -279,11 +297,11 @@ impl Client {
         for m in &parses {
             let (name, rest) = cstr(&m[5..]);
             let statement = (!name.is_empty()).then(|| statements.get(rest));
-            let scan = match &statement {
+            let found_scan = match &statement {
                 Some(s) => s.scan,
-                None => super::scan::scan(cstr(rest).0),
+                None => scan(cstr(rest).0),
             };
-            if scan.pin.is_some() || scan.forgets_statements {
+            if found_scan.pin.is_some() || found_scan.forgets_statements {
                 return None;
             }
             found.push((name, statement));
@@ -295,7 +313,7 @@ impl Client {
             match statement {
                 None => {
                     self.unnamed = Some(Bytes::copy_from_slice(m));
-                    self.unnamed_scan = None;
+                    self.unnamed_scan = scan(cstr(cstr(&m[5..]).1).0);
                     self.unnamed_seq += 1;
                     back.put_slice(&[b'1', 0, 0, 0, 4]);
                 }
@@ -310,6 +328,15 @@ impl Client {
         }
         wire::ready_for_query(back, b'I');
         Some(at)
+    }
+
+    /// What the client's unnamed statement does, read with the session's
+    /// `standard_conforming_strings` (scanned with it on when parsed).
+    fn unnamed_scan_for(&self, values: &Values) -> Scan {
+        match (&self.unnamed, values.standard_strings()) {
+            (Some(parse), false) => scan_with(cstr(cstr(&parse[5..]).1).0, false),
+            _ => self.unnamed_scan,
+        }
     }
 
     /// Records the client's name for a statement, within the client's limits.
@@ -411,10 +438,14 @@ impl Client {
         let (portal, rest) = cstr(&m[5..]);
         let (name, rest) = cstr(rest);
         match self.ensure(name, server, out)? {
-            None => out.put_slice(m),
+            None => {
+                // What the statement does counts where it runs, whichever round parsed it.
+                let scan = self.unnamed_scan_for(&server.values);
+                self.apply(scan, Some(server));
+                out.put_slice(m)
+            }
             Some(statement) => {
-                // Executed in a later transaction than its Parse: what it does still counts.
-                self.sets_params |= statement.scan.sets_params;
+                self.apply(statement.scan_for(&server.values), Some(server));
                 let server_name = statement.name();
                 wire::message(out, b'B', |b| {
                     b.put_slice(portal);
@@ -544,17 +575,20 @@ impl Client {
                 if m.len() > 5 {
                     server.values.update(&m[5..]);
                     let name = m[5..].split(|b| *b == 0).next().unwrap_or_default();
-                    if is_tracked(name) {
+                    let tracked = is_tracked(name);
+                    if tracked {
                         self.values.update(&m[5..]);
-                        if self.sets_params {
-                            self.owned.mark(name);
-                        } else {
-                            // Not the client's doing: the server's configuration was reloaded
-                            // (a primary fenced with default_transaction_read_only, a new
-                            // TimeZone). It is this connection's default now; no client carries
-                            // it elsewhere, and none has it undone here.
-                            server.login.update(&m[5..]);
-                        }
+                    }
+                    if tracked && self.sets_params {
+                        self.owned.mark(name);
+                    } else {
+                        // Nobody can say whose doing it is: a function of the client's, or
+                        // the server's configuration reloaded (a primary fenced with
+                        // default_transaction_read_only). It is never taken as the
+                        // connection's login value while a client holds it: the connection
+                        // is reset, and what the server reports then is. The client does not
+                        // carry it; its next connection tells it the value it has there.
+                        self.dirty = true;
                     }
                 }
                 true
@@ -641,8 +675,8 @@ impl Client {
 
     /// The connection is handed back: what this checkout marked is cleared.
     pub fn returned(&mut self) {
-        self.needs_reset = false;
-        self.poisoned = false;
+        self.dirty = false;
+        self.forgot = false;
         self.sets_params = false;
     }
 }

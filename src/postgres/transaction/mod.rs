@@ -22,11 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use self::exchange::Client;
 use self::params::{tracked_name, Values};
-use self::servers::{Grant, Params, Server};
+use self::servers::{Grant, Lane, Params, Server};
 use super::session::{fatal, join_current, moved_on, refusal, server_refusal, Refusal, Told};
 use super::wire;
 use super::Frontend;
 use crate::config::access::Peer;
+use crate::config::ServerReset;
 use crate::listen::ReadInterestStream;
 use crate::metrics::{CheckoutMetrics, SessionMetrics};
 use crate::pool::raw::{self, QuietError};
@@ -79,7 +80,8 @@ struct Session<'a> {
     fe: &'a Arc<Frontend>,
     target: Arc<TargetHandle>,
     name: String,
-    params: Params,
+    /// Which server connections this client may be lent.
+    lane: Lane,
     client: Client,
     metrics: SessionMetrics,
     checkouts: CheckoutMetrics,
@@ -112,6 +114,7 @@ pub(super) async fn serve(
     fe: &Arc<Frontend>,
     target: Arc<TargetHandle>,
     peer: Option<&Peer>,
+    domain: u32,
     minor: u16,
     params: &[(String, String)],
 ) -> Result<(), Refusal> {
@@ -135,7 +138,10 @@ pub(super) async fn serve(
     let mut session = Session {
         fe,
         name: name.clone(),
-        params: login,
+        lane: Lane {
+            domain,
+            params: login,
+        },
         client: Client::new(
             fe.next_client.fetch_add(1, Ordering::Relaxed),
             Values::default(),
@@ -205,6 +211,7 @@ impl Session<'_> {
         }
         let sync = values.sync_from(&held.server.values, &held.server.login, &self.client.owned);
         if let Some(sql) = sync {
+            held.server.unnamed = None;
             match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
                 Ok(status) => {
                     for (n, v) in status {
@@ -247,7 +254,7 @@ impl Session<'_> {
             let grant = {
                 let _waiting = self.checkouts.waiting();
                 self.pool
-                    .checkout(generation.id, &self.params, max_size, deadline, &mut close)
+                    .checkout(generation.id, &self.lane, max_size, deadline, &mut close)
                     .await
             };
             if !close.is_empty() {
@@ -280,8 +287,8 @@ impl Session<'_> {
                     server
                 }
                 Ok(Grant::Open(slot)) => {
-                    match raw::connect_until(generation.pool.plan(), &self.params, deadline).await {
-                        Ok(conn) => Box::new(Server::new(conn, generation.id, self.params.clone(), slot)),
+                    match raw::connect_until(generation.pool.plan(), &self.lane.params, deadline).await {
+                        Ok(conn) => Box::new(Server::new(conn, generation.id, self.lane.clone(), slot)),
                         Err(e) if moved_on(&e, deadline, &self.target, generation.id) => continue,
                         Err(e) => return Err(server_refusal(&self.target, e)),
                     }
@@ -299,6 +306,8 @@ impl Session<'_> {
                 &self.client.owned,
             );
             if let Some(sql) = sync {
+                // A simple query ends the unnamed statement.
+                held.server.unnamed = None;
                 match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
                     Ok(status) => {
                         for (n, v) in status {
@@ -316,22 +325,17 @@ impl Session<'_> {
         }
     }
 
-    /// Hands a connection back after a transaction (reset first when the client set an untracked
-    /// parameter); `keep` false closes it.
+    /// Hands a connection back after a transaction (reset first unless the transaction
+    /// provably left nothing behind); `keep` false closes it.
     async fn give_back(&mut self, mut held: Held, mut keep: bool) {
-        keep &= !self.client.poisoned;
         if keep && std::mem::take(&mut held.server.read_only_error) {
             keep = self.still_writable(&mut held.server).await;
         }
-        if keep && self.client.needs_reset {
-            match raw::run_quietly(&mut held.server.conn, "RESET ALL", QUIET_TIMEOUT).await {
-                Ok(status) => {
-                    for (n, v) in status {
-                        held.server.values.set(&n, &v);
-                    }
-                }
-                Err(_) => keep = false,
-            }
+        let reset = self.client.dirty
+            || self.client.forgot
+            || self.fe.settings.server_reset == ServerReset::Always;
+        if keep && reset {
+            keep = self.reset(&mut held.server).await;
         }
         self.client.returned();
         let Held { server, guard, .. } = held;
@@ -339,6 +343,42 @@ impl Session<'_> {
             raw::terminate(&mut closing.conn.stream).await;
         }
         drop(guard);
+    }
+
+    /// Brings a connection back to its login state before anyone else uses it; false when it
+    /// must close instead: the reset failed, or the prepared statements on it are not those
+    /// credswap prepared (one was dropped or replaced by SQL credswap did not see, such as a
+    /// function's), so none of them could be trusted to be what a client asks for.
+    async fn reset(&self, server: &mut Server) -> bool {
+        let forget = self.client.forgot;
+        let done = raw::reset_session(&mut server.conn, forget, QUIET_TIMEOUT).await;
+        // A simple query ends the unnamed statement.
+        server.unnamed = None;
+        let reset = match done {
+            Ok(reset) => reset,
+            Err(e) => {
+                tracing::warn!(target_name = %self.name, error = %e, "a server connection could not be reset after a transaction; it is closed");
+                self.fe.metrics.postgres_server_reset(&self.name, "failed");
+                return false;
+            }
+        };
+        if forget {
+            server.prepared.clear();
+        }
+        for (n, v) in reset.status {
+            server.values.set(&n, &v);
+        }
+        if reset.from_sql != 0 || reset.prepared != server.prepared.len() as u64 {
+            tracing::warn!(target_name = %self.name, client = self.client.id, "a server connection's prepared statements were dropped or replaced by SQL credswap did not see (a function?); it is closed");
+            self.fe
+                .metrics
+                .postgres_server_reset(&self.name, "statements_changed");
+            return false;
+        }
+        // Every setting is at the session's default now: what a fresh login would show.
+        server.login = server.values.clone();
+        self.fe.metrics.postgres_server_reset(&self.name, "reset");
+        true
     }
 
     /// After `25006` on a connection: true unless the target wants a writable server and this
@@ -436,6 +476,9 @@ impl Session<'_> {
                 }
                 match self.checkout().await {
                     Ok(mut h) => {
+                        self.client
+                            .values
+                            .tell_differences(&h.server.values, &mut back);
                         self.fe.cancels.point(key, Some(h.server.conn_key()));
                         let d = Deadline::of(deadline.take(), &h);
                         h.past_deadline = d.passed;

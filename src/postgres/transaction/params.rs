@@ -86,6 +86,26 @@ impl Values {
         }
     }
 
+    /// Whether the session reads string literals with `standard_conforming_strings` on (the
+    /// default, and what it is unless reported off).
+    pub fn standard_strings(&self) -> bool {
+        self.tracked[STANDARD_STRINGS].as_deref() != Some("off")
+    }
+
+    /// Tells the client (`ParameterStatus` to `out`) every tracked value it has seen that
+    /// differs from the connection's `server` now, and takes the connection's: after a change
+    /// that was not the client's to carry (module doc), its next connection has another.
+    pub fn tell_differences(&mut self, server: &Values, out: &mut BytesMut) {
+        for ((mine, theirs), name) in self.tracked.iter_mut().zip(&server.tracked).zip(TRACKED) {
+            if let (Some(a), Some(b)) = (&*mine, theirs) {
+                if !Arc::ptr_eq(a, b) && a != b {
+                    write_status(out, name, b);
+                    *mine = Some(b.clone());
+                }
+            }
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         match position(name.as_bytes()) {
             Some(i) => self.tracked[i].as_deref(),
@@ -105,13 +125,7 @@ impl Values {
             .filter_map(|(n, v)| Some((*n, v.as_deref()?)));
         let others = self.others.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         for (name, value) in tracked.chain(others) {
-            let len = 4 + name.len() + 1 + value.len() + 1;
-            buf.put_u8(b'S');
-            buf.put_u32(len as u32);
-            buf.put_slice(name.as_bytes());
-            buf.put_u8(0);
-            buf.put_slice(value.as_bytes());
-            buf.put_u8(0);
+            write_status(buf, name, value);
         }
     }
 
@@ -140,6 +154,20 @@ impl Values {
         sql
     }
 }
+
+/// A `ParameterStatus` message.
+fn write_status(buf: &mut BytesMut, name: &str, value: &str) {
+    let len = 4 + name.len() + 1 + value.len() + 1;
+    buf.put_u8(b'S');
+    buf.put_u32(len as u32);
+    buf.put_slice(name.as_bytes());
+    buf.put_u8(0);
+    buf.put_slice(value.as_bytes());
+    buf.put_u8(0);
+}
+
+/// The place of `standard_conforming_strings` in [`TRACKED`].
+const STANDARD_STRINGS: usize = 5;
 
 /// The place of a tracked parameter in [`TRACKED`].
 fn position(name: &[u8]) -> Option<usize> {

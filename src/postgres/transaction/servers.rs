@@ -3,7 +3,7 @@
 //! is lent; a connection of an older one is closed when it comes back, so an old generation
 //! drains as soon as its in-flight transactions end. Connections are opened with the target's
 //! own login and the client parameters credswap does not track (`options`, ...), and are lent
-//! only to clients that asked for the same ones.
+//! only to clients of the same trust domain that asked for the same ones ([`Lane`]).
 
 // Connections are boxed: they move between sessions, the idle list and waiters' channels,
 // and a `Server` is large.
@@ -20,14 +20,14 @@ use super::params::Values;
 use super::statements::Prepared;
 use crate::pool::raw::{ServerConnection, ServerKey};
 
-/// Login parameters a connection was opened with (sorted).
-pub type Params = Vec<(String, String)>;
+pub use crate::postgres::lane::{Lane, Params};
 
 /// A server connection and what credswap knows of its session.
 pub struct Server {
     pub conn: ServerConnection,
     pub generation: u64,
-    pub params: Params,
+    /// Who it may be lent to.
+    pub lane: Lane,
     pub prepared: Prepared,
     /// Whose unnamed statement the server holds: (client, that client's parse count).
     pub unnamed: Option<(u64, u64)>,
@@ -50,7 +50,7 @@ impl Server {
     }
 
     /// A newly opened connection in the place `slot` was given for.
-    pub fn new(conn: ServerConnection, generation: u64, params: Params, slot: Slot) -> Server {
+    pub fn new(conn: ServerConnection, generation: u64, lane: Lane, slot: Slot) -> Server {
         let login = Values::from_status(&conn.parameter_status);
         Server {
             values: login.clone(),
@@ -58,7 +58,7 @@ impl Server {
             key: Arc::new(conn.key.clone()),
             conn,
             generation,
-            params,
+            lane,
             prepared: Prepared::default(),
             unnamed: None,
             read_only_error: false,
@@ -113,7 +113,7 @@ struct State {
 }
 
 struct Waiter {
-    params: Params,
+    lane: Lane,
     grant: oneshot::Sender<Grant>,
 }
 
@@ -136,12 +136,12 @@ impl TargetPool {
         }
     }
 
-    /// A connection of `generation` opened with `params`, or a place to open one, waiting in
-    /// arrival order until `deadline`. Connections to close on the way are put in `close`.
+    /// A connection of `generation` in `lane`, or a place to open one, waiting in arrival
+    /// order until `deadline`. Connections to close on the way are put in `close`.
     pub async fn checkout(
         self: &Arc<Self>,
         generation: u64,
-        params: &Params,
+        lane: &Lane,
         max_size: usize,
         deadline: Instant,
         close: &mut Vec<Box<Server>>,
@@ -151,7 +151,7 @@ impl TargetPool {
             // The caller has just seen `generation` current.
             state.generation = generation;
             state.retire(close);
-            if let Some(i) = state.idle.iter().rposition(|s| &s.params == params) {
+            if let Some(i) = state.idle.iter().rposition(|s| &s.lane == lane) {
                 return Ok(Grant::Server(state.idle.remove(i)));
             }
             if state.open < max_size {
@@ -159,7 +159,7 @@ impl TargetPool {
                 return Ok(Grant::Open(self.slot()));
             }
             if !state.idle.is_empty() {
-                // Another parameter set's idle connection makes room.
+                // Another lane's idle connection makes room.
                 let mut other = state.idle.remove(0);
                 other.slot.armed = false;
                 close.push(other);
@@ -167,7 +167,7 @@ impl TargetPool {
             }
             let (tx, rx) = oneshot::channel();
             state.waiters.push_back(Waiter {
-                params: params.clone(),
+                lane: lane.clone(),
                 grant: tx,
             });
             rx
@@ -198,14 +198,14 @@ impl TargetPool {
             if waiter.grant.is_closed() {
                 continue;
             }
-            if waiter.params == server.params {
+            if waiter.lane == server.lane {
                 match waiter.grant.send(Grant::Server(server)) {
                     Ok(()) => return None,
                     Err(Grant::Server(s)) => server = s,
                     Err(Grant::Open(_)) => unreachable!("a server was sent"),
                 }
             } else {
-                // The waiter needs other parameters: this connection closes, its place goes on.
+                // The waiter is of another lane: this connection closes, its place goes on.
                 server.slot.armed = false;
                 let slot = Slot {
                     pool: server.slot.pool.clone(),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::params::Values;
 use super::scan::{self, Scan};
 use crate::postgres::wire;
 
@@ -32,10 +33,30 @@ impl Statement {
         let end = named.iter().position(|b| *b == 0).unwrap_or(named.len());
         &named[..end]
     }
+
+    /// What it does, read with the `standard_conforming_strings` of the session it runs in
+    /// (scanned with it on when first seen).
+    pub fn scan_for(&self, values: &Values) -> Scan {
+        if values.standard_strings() {
+            return self.scan;
+        }
+        let after_name = &self.parse[5 + self.name().len() + 1..];
+        let text = after_name.split(|b| *b == 0).next().unwrap_or_default();
+        scan::scan_with(text, false)
+    }
 }
 
+/// A statement's name on the servers: its number and a keyed hash of it, so that no client
+/// can name another's statement on a connection before it exists there (the key is made
+/// from the operating system's randomness at start). What is on a connection already a client
+/// of that connection can list (`pg_prepared_statements`): the reset's check
+/// (docs/postgres.md) is what catches a statement dropped or replaced there.
 fn name(id: u64) -> String {
-    format!("credswap_{id}")
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mac = KEY.get_or_init(Default::default).hash_one(id);
+    format!("credswap_{id}_{mac:016x}")
 }
 
 /// Every live statement, by text and parameter types; an entry lives while a client maps a
@@ -131,6 +152,20 @@ impl Prepared {
     pub fn remove(&mut self, id: u64) {
         self.used.remove(&id);
     }
+
+    /// Nothing is prepared any more (`DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    /// How many are prepared.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -146,7 +181,14 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id, "other parameter types");
         assert_eq!(&a.parse[..1], b"P");
-        assert_eq!(a.name(), format!("credswap_{}", a.id).as_bytes());
+        assert_eq!(a.name(), name(a.id).as_bytes());
+        assert!(
+            a.name()
+                .starts_with(format!("credswap_{}_", a.id).as_bytes())
+                && a.name().len() > 24,
+            "a number and a keyed hash"
+        );
+        assert_eq!(name(a.id), name(a.id), "the same name every time");
         assert!(a.parse.ends_with(b"SELECT $1\0\0\x01\0\0\0\x17"));
         let id = a.id;
         drop((a, b));
