@@ -143,6 +143,15 @@ impl Daemon {
         self.call("GET", "/metrics", None).await.2
     }
 
+    /// The value of the metric `name` on the line that also holds `label` (0 when none).
+    pub async fn metric(&self, name: &str, label: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// `POST /v1/targets/{t}/query`.
     pub async fn query(&self, target: &str, body: Value) -> (u16, Value, String) {
         self.call("POST", &format!("/v1/targets/{target}/query"), Some(body))

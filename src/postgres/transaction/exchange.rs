@@ -586,8 +586,10 @@ impl Client {
                         // the server's configuration reloaded (a primary fenced with
                         // default_transaction_read_only). It is never taken as the
                         // connection's login value while a client holds it: the connection
-                        // is reset, and what the server reports then is. The client does not
-                        // carry it; its next connection tells it the value it has there.
+                        // is reset, and what the server reports then is. For the client it
+                        // lasts the transaction, as `SET LOCAL` would: its next connection
+                        // has the login's value, and tells it so.
+                        self.owned.unmark(name);
                         self.dirty = true;
                     }
                 }

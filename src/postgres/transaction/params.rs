@@ -191,6 +191,13 @@ impl Owned {
         }
     }
 
+    /// `name` (if tracked) is not the client's any more: it takes the connection's value.
+    pub fn unmark(&mut self, name: &[u8]) {
+        if let Some(i) = position(name) {
+            self.0 &= !(1 << i);
+        }
+    }
+
     #[cfg(test)]
     pub fn all() -> Owned {
         Owned(u8::MAX)
