@@ -465,3 +465,107 @@ async fn the_uid_is_a_wall() {
         );
     }
 }
+
+/// Session state the differential test compares: settings changed in the session, who it
+/// runs as, locks, listens, cursors, temporary objects, prepared statements.
+const STATE: &str = "SELECT concat_ws('|', \
+    (SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings \
+     WHERE source = 'session' AND name <> 'standard_conforming_strings'), \
+    coalesce(current_setting('app.x', true), ''), current_user, \
+    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+    (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_cursors), \
+    (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), \
+    (SELECT count(*) FROM pg_prepared_statements))";
+
+/// Pieces of a `SELECT` list: literals in every spelling the lexer must read as the server
+/// does (some hold the text of a call), comments, and calls that change the session.
+const PIECES: &[&str] = &[
+    "1",
+    "1.5e3",
+    "'plain'",
+    "'it''s'",
+    "'\\'",
+    "'\\'''",
+    "E'\\''",
+    "E'a\\\\'",
+    "e'set_config(''app.x'', ''lit'', false)'",
+    "name'\\'",
+    "N'\\'",
+    "B'01'",
+    "X'1F'",
+    "U&'\\0041'",
+    "$$ set_config('app.x', 'dollar', false) $$",
+    "$q$'$q$",
+    "$é$'$é$",
+    "'set_config(''app.x'', ''quoted'', false)'",
+    "1 AS \"set_config\"",
+    "/* set_config('app.x', 'c', false) /* nested */ */ 2",
+    "-- set_config('app.x', 'line', false)\n3",
+    "set_config('app.x', 'call', false)",
+    "\"set_config\"('app.x', 'quoted call', false)",
+    "pg_catalog.set_config('app.x', 'qualified', false)",
+    "pg_advisory_lock(7)",
+    "+-- comment in an operator\n4",
+    // A lone quote in a name, a dollar quote and a comment: text where a lexer that got a
+    // literal's end wrong would find its quotes balanced again.
+    "5 AS \"'\"",
+    "$x$'$x$",
+    "/* ' */ 6",
+];
+
+/// The scan against PostgreSQL's own answer: statements made of [`PIECES`] run on a real
+/// session, with `standard_conforming_strings` on and off; whenever the scan says a statement
+/// leaves nothing behind, the session must be as it was. (The scan may say "changes" for a
+/// statement that changed nothing: it fails closed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_agrees_with_postgresql() {
+    use credswap::postgres::transaction::scan::scan_with;
+    let db = support::pg::Cluster::start_plain();
+    let c = db.admin().await;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let (mut ran, mut changed, mut flagged) = (0, 0, 0);
+    for standard in [true, false] {
+        let setup = format!(
+            "SET standard_conforming_strings = {}",
+            if standard { "on" } else { "off" }
+        );
+        c.batch_execute("DISCARD ALL").await.unwrap();
+        c.batch_execute(&setup).await.unwrap();
+        let before = one(&c, STATE).await;
+        for _ in 0..600 {
+            let parts: Vec<&str> = (0..1 + next(4))
+                .map(|_| PIECES[next(PIECES.len())])
+                .collect();
+            let sql = format!("SELECT {}", parts.join(", "));
+            let scan = scan_with(sql.as_bytes(), standard);
+            if c.simple_query(&sql).await.is_ok() {
+                ran += 1;
+            }
+            let after = one(&c, STATE).await;
+            flagged += usize::from(scan.changes);
+            if after != before {
+                changed += 1;
+                assert!(
+                    scan.changes,
+                    "standard_conforming_strings {standard}: the scan says {sql:?} leaves nothing, and it changed the session:\n{before}\n{after}"
+                );
+                c.batch_execute("DISCARD ALL").await.unwrap();
+                c.batch_execute(&setup).await.unwrap();
+            }
+        }
+    }
+    // The oracle saw both kinds: statements that ran and changed the session, and many that
+    // ran and did not.
+    eprintln!("{ran} statements ran, {changed} changed the session, the scan flagged {flagged}");
+    assert!(
+        changed > 50 && ran > changed + 100,
+        "{ran} ran, {changed} changed the session"
+    );
+    assert!(flagged < 1200, "the scan cannot call everything a change");
+}
