@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use credswap::config::{Config, PoolMode, Source};
+use credswap::config::{Config, PoolMode, ServerReset, Source};
 use credswap::tls::{RootCert, SslMode};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -391,6 +391,48 @@ fn postgres_front_end_settings() {
         "[postgres]\nsocket_dir = \"run\"\nport = 6432\n{GOOD}"
     ));
     assert!(e.iter().any(|e| e.contains("postgres.socket_dir")), "{e:?}");
+}
+
+/// Who may share server connections, and when they are reset: the uid alone by default;
+/// groups of uids declared per target, each uid in one group of at least two; `server_reset`
+/// `auto` by default, `always` in `[postgres]` or per target.
+#[test]
+fn trust_domains_and_server_reset() {
+    let c = load(&format!("[postgres]\n{GOOD}")).unwrap();
+    assert_eq!(c.postgres.unwrap().server_reset, ServerReset::Auto);
+    let t = &c.targets[0];
+    assert_eq!((t.trust.domain(1001), t.server_reset), (1001, None));
+    let c = load(&format!(
+        "[postgres]\nserver_reset = \"always\"\n{}",
+        GOOD.replace(
+            "source =",
+            "trust_domains = [[1002, 1001], [7, 8, 9]]\nserver_reset = \"auto\"\nsource ="
+        )
+    ))
+    .unwrap();
+    assert_eq!(c.postgres.unwrap().server_reset, ServerReset::Always);
+    let t = &c.targets[0];
+    assert_eq!(t.server_reset, Some(ServerReset::Auto));
+    assert_eq!(
+        [1001, 1002, 9, 8, 7, 10].map(|u| t.trust.domain(u)),
+        [1001, 1001, 7, 7, 7, 10]
+    );
+    let e = errors(&GOOD.replace(
+        "source =",
+        "trust_domains = [[1, 2], [2, 3], [4]]\nsource =",
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("target[0].trust_domains[1]") && e.contains("uid 2")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("target[0].trust_domains[2]") && e.contains("fewer than two")),
+        "{e:?}"
+    );
+    let e = errors(&format!("[postgres]\nserver_reset = \"never\"\n{GOOD}"));
+    assert!(e.iter().any(|e| e.contains("server_reset")), "{e:?}");
 }
 
 /// The response limits: defaults, and a memory budget that could never hold one maximal answer

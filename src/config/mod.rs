@@ -122,6 +122,8 @@ pub struct Target {
     pub access: access::Access,
     /// Which clients may share server connections.
     pub trust: access::TrustDomains,
+    /// Transaction mode's reset between clients; `None` follows `[postgres]`.
+    pub server_reset: Option<ServerReset>,
     pub source: Source,
 }
 
@@ -140,6 +142,7 @@ impl Target {
             breaker: BreakerSettings::default(),
             access: access::Access::default(),
             trust: access::TrustDomains::default(),
+            server_reset: None,
             source,
         }
     }

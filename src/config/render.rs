@@ -70,6 +70,8 @@ struct EffectiveTarget<'a> {
     allow_gids: Vec<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     trust_domains: Vec<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_reset: Option<super::ServerReset>,
     source: EffectiveSource,
 }
 
@@ -135,6 +137,7 @@ pub fn render_effective(config: &Config) -> String {
                 allow_uids: t.access.uids.iter().copied().collect(),
                 allow_gids: t.access.gids.iter().copied().collect(),
                 trust_domains: t.trust.groups().to_vec(),
+                server_reset: t.server_reset,
                 source: match &t.source {
                     Source::File(f) => EffectiveSource::File(f.clone()),
                     Source::Aws(a) => EffectiveSource::Aws(a.clone()),

@@ -360,6 +360,9 @@ pub struct TargetConfig {
     /// itself only.
     #[serde(default)]
     pub trust_domains: Vec<Vec<u32>>,
+    /// The front end's `server_reset` for this target (default: `[postgres]`'s).
+    #[serde(default)]
+    pub server_reset: Option<ServerReset>,
     pub source: SourceConfig,
 }
 

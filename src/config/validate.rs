@@ -117,6 +117,7 @@ pub fn validate(
                 breaker: t.breaker,
                 access: check_access(t, &at, &mut c),
                 trust: check_trust_domains(t, &at, &mut c),
+                server_reset: t.server_reset,
                 source: check_source(&t.source, &format!("{at}.source"), &mut c),
             });
         }

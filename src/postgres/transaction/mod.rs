@@ -82,6 +82,8 @@ struct Session<'a> {
     name: String,
     /// Which server connections this client may be lent.
     lane: Lane,
+    /// When its connections are reset (the target's `server_reset`, or `[postgres]`'s).
+    reset_policy: ServerReset,
     client: Client,
     metrics: SessionMetrics,
     checkouts: CheckoutMetrics,
@@ -142,6 +144,10 @@ pub(super) async fn serve(
             domain,
             params: login,
         },
+        reset_policy: target
+            .settings()
+            .server_reset
+            .unwrap_or(settings.server_reset),
         client: Client::new(
             fe.next_client.fetch_add(1, Ordering::Relaxed),
             Values::default(),
@@ -331,9 +337,8 @@ impl Session<'_> {
         if keep && std::mem::take(&mut held.server.read_only_error) {
             keep = self.still_writable(&mut held.server).await;
         }
-        let reset = self.client.dirty
-            || self.client.forgot
-            || self.fe.settings.server_reset == ServerReset::Always;
+        let reset =
+            self.client.dirty || self.client.forgot || self.reset_policy == ServerReset::Always;
         if keep && reset {
             keep = self.reset(&mut held.server).await;
         }
