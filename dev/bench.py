@@ -15,8 +15,9 @@ OpenBao with its database engine -- then measures, in one run:
              prepared) and through credswap's PostgreSQL front end (session mode); throughput
              ratio to direct, each pooler's CPU per transaction, added p50/p99 at 1 client
 
-  transaction pgbench -S -M simple|extended|prepared at 16/64 clients on 16 server connections:
-             direct, PgBouncer's transaction pool, credswap's pool_mode = "transaction"
+  transaction pgbench -S (reads) -M simple|extended|prepared and -N (writes) -M simple|prepared
+             at 16/64 clients on 16 server connections: direct, PgBouncer's transaction pool,
+             credswap's pool_mode = "transaction" with server_reset "auto" and (reads) "always"
              (medians of BENCH_TXN_REPEAT alternated runs); rotations under 64 clients
 
   failover   BENCH_FAILOVERS (default 5) promotions of a streaming standby under 64 writers
@@ -200,6 +201,9 @@ class Bench:
                         "postgres"], check=True, capture_output=True)
         self.psql("GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history "
                   "TO PUBLIC")
+        # pgbench's TPC-B-like script (the transaction phase's write rows) updates and inserts.
+        self.psql("GRANT UPDATE, INSERT ON pgbench_accounts, pgbench_branches, pgbench_tellers, "
+                  "pgbench_history TO app, app2")
         self.psql("VACUUM ANALYZE pgbench_accounts")
 
     def psql(self, sql):
@@ -316,6 +320,11 @@ pidfile = {d}/pgbouncer.pid
                  f'min_rotation_interval = "0s"\n'
                  f'pool = {{ max_size = {POOL_SIZE}, min_idle = 0 }}\n'
                  f'source = {{ kind = "file", path = "{self.write_secret("txn", "app")}" }}\n\n')
+        # The same with server_reset = "always": the cost of a reset after every transaction.
+        text += (f'[[target]]\nname = "txn_always"\nurl = "{url}"\npool_mode = "transaction"\n'
+                 f'server_reset = "always"\n'
+                 f'pool = {{ max_size = {POOL_SIZE}, min_idle = 0 }}\n'
+                 f'source = {{ kind = "file", path = "{self.write_secret("txn_always", "app")}" }}\n\n')
         # Session mode needs a server connection per client: sized to the most clients.
         text += (f'[[target]]\nname = "wire"\nurl = "{url}"\npool = {{ max_size = {max(CLIENTS)}, min_idle = 0 }}\n'
                  f"source = {sources['one']}\n\n")
@@ -374,9 +383,10 @@ pidfile = {d}/pgbouncer.pid
         return {"throughput_per_s": round(tps), "latency_avg_us": round(lat * 1000, 1), "failed": failed}
 
 
-    def pgbench_wire(self, clients, mode, via, latency_log=None):
-        """pgbench -S -M mode straight to PostgreSQL (via "direct"), through PgBouncer
-        ("pgbouncer") or through credswap's front end ("credswap")."""
+    def pgbench_wire(self, clients, mode, via, latency_log=None, script="-S"):
+        """pgbench -M mode straight to PostgreSQL (via "direct"), through PgBouncer
+        ("pgbouncer") or through credswap's front end ("credswap"); `script` is pgbench's
+        -S (select-only) or -N (TPC-B-like without the branch and teller updates)."""
         env = dict(os.environ, PGPASSWORD="bench-app-pw")
         if via == "direct":
             host, port, db = "localhost", self.pg_port, "postgres"
@@ -388,9 +398,11 @@ pidfile = {d}/pgbouncer.pid
             host, port, db = self.path("pgbouncer"), self.pgb_port, "postgres"
         elif via == "credswap_txn":
             host, port, db = self.path("main-pg"), 5432, "txn"
+        elif via == "credswap_txn_always":
+            host, port, db = self.path("main-pg"), 5432, "txn_always"
         else:
             host, port, db = self.path("main-pg"), 5432, "wire"
-        cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
+        cmd = ["pgbench", "-n", script, "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
                "-T", str(SECONDS), "-h", host, "-p", str(port), "-U", "app", db]
         if latency_log:
             cmd[1:1] = ["-l", "--log-prefix", latency_log]
@@ -441,38 +453,51 @@ def wire(b, daemon_pid):
     return rows
 
 
+# Transaction mode's rows: pgbench script, query mode, and the poolers measured beside direct.
+# -S reads (in server_reset = "auto" a plain read leaves nothing behind: no reset); -N writes
+# (UPDATE and INSERT: every transaction is reset). "always" resets after every transaction.
+# PgBouncer 1.18 has no prepared statements in transaction mode.
+TXN_ROWS = [
+    ("-S", "simple", ("pgbouncer_txn", "credswap_txn", "credswap_txn_always")),
+    ("-S", "extended", ("pgbouncer_txn", "credswap_txn", "credswap_txn_always")),
+    ("-S", "prepared", ("credswap_txn", "credswap_txn_always")),
+    ("-N", "simple", ("pgbouncer_txn", "credswap_txn")),
+    ("-N", "prepared", ("credswap_txn",)),
+]
+
+
 def transaction(b, daemon_pid):
     """Transaction mode: 16 and 64 pgbench clients on 16 server connections, straight to
-    PostgreSQL, through PgBouncer's transaction pool (simple and extended; PgBouncer 1.18 has no
-    prepared statements in transaction mode) and through credswap's; then the time from a
-    rotation's trigger to the old generation drained while 64 clients run -M prepared.
+    PostgreSQL, through PgBouncer's transaction pool and through credswap's (TXN_ROWS); then
+    the time from a rotation's trigger to the old generation drained while 64 clients run
+    -M prepared.
 
-    Each row is run TXN_REPEAT times, the two poolers' order swapped every time, and each
+    Each row is run TXN_REPEAT times, the poolers' order reversed every other time, and each
     figure is the median over the repeats (a ratio is taken against the direct run of its own
     repeat): on this shared two-core machine a single 5 s run moved by up to 10 % from one
     session to the next."""
     pgbouncer_pid = int(open(b.path("pgbouncer", "pgbouncer.pid")).read())
+    pids = {"pgbouncer_txn": pgbouncer_pid, "credswap_txn": daemon_pid,
+            "credswap_txn_always": daemon_pid}
     rows = []
     for clients in (16, 64):
-        for mode in ("simple", "extended", "prepared"):
-            poolers = [("pgbouncer_txn", pgbouncer_pid), ("credswap_txn", daemon_pid)]
-            if mode == "prepared":
-                poolers = poolers[1:]
+        for script, mode, vias in TXN_ROWS:
+            poolers = [(via, pids[via]) for via in vias]
             runs = []
             for repeat in range(TXN_REPEAT):
                 order = poolers if repeat % 2 == 0 else poolers[::-1]
                 run = {}
                 for via, pid in [("direct", None), *order]:
                     cpu = cpu_seconds(pid) if pid else 0
-                    r = b.pgbench_wire(clients, mode, via)
+                    r = b.pgbench_wire(clients, mode, via, script=script)
                     if pid:
                         r["cpu_us_per_transaction"] = round(
                             (cpu_seconds(pid) - cpu) / (r["throughput_per_s"] * SECONDS) * 1e6, 1)
                     run[via] = r
-                    log(f"transaction mode {clients:>2} clients -M {mode:<8} {via:<12} "
+                    log(f"transaction mode {clients:>2} clients {script} -M {mode:<8} {via:<19} "
                         f"{r['throughput_per_s']:>8.0f}/s cpu {r.get('cpu_us_per_transaction', '-')} us")
                 runs.append(run)
-            row = {"clients": clients, "mode": mode, "repeats": runs}
+            row = {"clients": clients, "script": script, "mode": mode, "repeats": runs}
             row["direct"] = {"throughput_per_s": median([r["direct"]["throughput_per_s"] for r in runs])}
             for via, _ in poolers:
                 row[via] = {k: median([r[via][k] for r in runs])
@@ -709,16 +734,21 @@ def wire_table(r):
 
 def transaction_table(r):
     t = r["transaction"]
-    lines = ["", "transaction mode, 16 server connections (pgbench -S; tps, ratio to direct, pooler CPU us/tx)",
-             f"{'clients':>7} {'mode':<8} | {'direct':>7} | {'pgbouncer':>9} {'ratio':>5} {'cpu':>5} | "
-             f"{'credswap':>8} {'ratio':>5} {'cpu':>5}"]
+    lines = ["", "transaction mode, 16 server connections (pgbench; tps, ratio to direct, pooler CPU us/tx;"
+                 " -S reads, -N writes; 'always' = server_reset \"always\")",
+             f"{'clients':>7} {'script':<6} {'mode':<8} | {'direct':>7} | {'pgbouncer':>9} {'ratio':>5} {'cpu':>5} | "
+             f"{'credswap':>8} {'ratio':>5} {'cpu':>5} | {'always':>7} {'ratio':>5} {'cpu':>5}"]
+
+    def cols(w, via, width):
+        c = w.get(via)
+        if not c:
+            return f"{'-':>{width}} {'-':>5} {'-':>5}"
+        return (f"{c['throughput_per_s']:>{width}} {w[via + '_over_direct']:>5.2f} "
+                f"{c['cpu_us_per_transaction']:>5}")
     for w in t["rows"]:
-        pgb = w.get("pgbouncer_txn")
-        pgb_cols = (f"{pgb['throughput_per_s']:>9} {w['pgbouncer_txn_over_direct']:>5.2f} "
-                    f"{pgb['cpu_us_per_transaction']:>5}" if pgb else f"{'cannot':>9} {'-':>5} {'-':>5}")
-        c = w["credswap_txn"]
-        lines.append(f"{w['clients']:>7} {w['mode']:<8} | {w['direct']['throughput_per_s']:>7} | {pgb_cols} | "
-                     f"{c['throughput_per_s']:>8} {w['credswap_txn_over_direct']:>5.2f} {c['cpu_us_per_transaction']:>5}")
+        lines.append(f"{w['clients']:>7} {w.get('script', '-S'):<6} {w['mode']:<8} | "
+                     f"{w['direct']['throughput_per_s']:>7} | {cols(w, 'pgbouncer_txn', 9)} | "
+                     f"{cols(w, 'credswap_txn', 8)} | {cols(w, 'credswap_txn_always', 7)}")
     u = t["rotation_under_64_clients"]
     s, d = u["trigger_to_swapped_ms"] or {}, u["trigger_to_drained_ms"] or {}
     lines.append(f"rotation under 64 clients (-M prepared): {u['swapped']} swapped; trigger to swapped p50 "
