@@ -14,6 +14,10 @@
 //! Transaction mode ([`transaction`], per target): a server connection per transaction, so a
 //! rotation never reaches a client and many clients share few connections.
 //!
+//! Clients share server connections only within one trust domain ([`lane`]: the uid is a wall),
+//! and a transaction-mode connection is reset between clients unless its transaction provably
+//! left nothing behind ([`transaction::scan`]).
+//!
 //! [`session`] is where a connection goes, [`forward`] the hot path, [`transaction`] the
 //! transaction-mode loop, [`crate::pool::raw`] the upstream login, [`cancel`] the cancel keys,
 //! [`wire`] the protocol messages.

@@ -3,9 +3,11 @@
 //! clients never pin old credentials and many clients share few server connections. What a
 //! client's session must look like on the next connection travels with it: its reported
 //! parameters ([`params`]) and its protocol-level prepared statements ([`statements`],
-//! rewritten message by message in [`exchange`]). What cannot travel ([`scan`]) pins the client
-//! to its connection for the rest of its session, under session-mode rules. Connections are
-//! lent by [`servers`].
+//! rewritten message by message in [`exchange`]). Everything else a transaction may have left in
+//! the session is reset before the connection serves another client, unless [`scan`] proves it
+//! left nothing; what a client expects to keep (a `LISTEN`, a temporary table) pins it to its
+//! connection for the rest of its session, under session-mode rules. Connections are lent by
+//! [`servers`], only within the client's trust domain ([`super::lane`]).
 
 pub mod exchange;
 pub mod params;
