@@ -3,11 +3,14 @@ counts: repeatable whatever else the machine runs) while pgbench -S -M simple ru
 socket. Uses dev/bench.py's setup (a TLS PostgreSQL with pgbench's tables, the bench
 configuration). Run after `cargo build --release --locked --bins`:
 
-    .venv/bin/python dev/profile_wire.py [CLIENTS] [SECONDS] [wire|txn|txn-extended|api]
+    .venv/bin/python dev/profile_wire.py [CLIENTS] [SECONDS]
+                                         [wire|txn|txn-extended|txn-always|txn-writes|api]
                                                             default 16, 20 s, wire
 
 `txn` profiles transaction mode (the bench's "txn" target, 16 server connections), with
-pgbench -M simple, or -M extended for `txn-extended`. `api` profiles the HTTP API instead:
+pgbench -M simple, or -M extended for `txn-extended`; `txn-always` the "txn_always" target
+(server_reset = "always": a reset after every transaction); `txn-writes` pgbench -N (writes:
+a reset after every transaction under "auto" too). `api` profiles the HTTP API instead:
 credswap-bench's `SELECT 1` requests on the API socket.
 
 A warm-up run first opens the server connections (kept between clients afterwards), then
@@ -58,8 +61,9 @@ def main():
                                        "--clients", str(clients), "--duration", f"{duration}s", "--warmup", "0s",
                                        "--query", "select1"], capture_output=True, text=True, check=True).stdout
             query_mode = "extended" if mode == "txn-extended" else "simple"
-            db = "txn" if mode.startswith("txn") else "wire"
-            return subprocess.run(["pgbench", "-n", "-S", "-M", query_mode, "-c", str(clients), "-j", "2", "-T",
+            db = {"txn-always": "txn_always"}.get(mode, "txn" if mode.startswith("txn") else "wire")
+            script = "-N" if mode == "txn-writes" else "-S"
+            return subprocess.run(["pgbench", "-n", script, "-M", query_mode, "-c", str(clients), "-j", "2", "-T",
                                    str(duration), "-h", b.path("main-pg"), "-U", "app", db],
                                   capture_output=True, text=True, env=pg_env, check=True).stdout
         # A warm-up run opens (and leaves behind, kept) the server connections; collection then

@@ -358,7 +358,11 @@ impl Session<'_> {
     /// function's), so none of them could be trusted to be what a client asks for.
     async fn reset(&self, server: &mut Server) -> bool {
         let forget = self.client.forgot;
-        let done = raw::reset_session(&mut server.conn, forget, QUIET_TIMEOUT).await;
+        let (then, applied) = self
+            .client
+            .values
+            .reapply(&server.login, &self.client.owned);
+        let done = raw::reset_session(&mut server.conn, forget, &then, QUIET_TIMEOUT).await;
         // A simple query ends the unnamed statement.
         server.unnamed = None;
         let reset = match done {
@@ -382,8 +386,11 @@ impl Session<'_> {
                 .postgres_server_reset(&self.name, "statements_changed");
             return false;
         }
-        // Every setting is at the session's default now: what a fresh login would show.
-        server.login = server.values.clone();
+        // Every setting is at the session's default now, what a fresh login would show, but
+        // the client's own reported ones, set again.
+        server
+            .values
+            .settle_reset(&mut server.login, &self.client.values, applied);
         self.fe.metrics.postgres_server_reset(&self.name, "reset");
         true
     }

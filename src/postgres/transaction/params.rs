@@ -92,6 +92,43 @@ impl Values {
         self.tracked[STANDARD_STRINGS].as_deref() != Some("off")
     }
 
+    /// The `SET` statements that bring a connection just reset to the `login` values back to
+    /// this client's own values (those it set, `owned`), and which parameters they set: sent in
+    /// the reset's round trip, so that the client's next transaction, or another client's with
+    /// the same values (one application's clients), finds the connection ready.
+    pub fn reapply(&self, login: &Values, owned: &Owned) -> (String, Owned) {
+        let mut sql = String::new();
+        let mut applied = Owned::default();
+        for (i, name) in TRACKED.iter().enumerate() {
+            if owned.0 & (1 << i) == 0 {
+                continue;
+            }
+            if let Some(want) = &self.tracked[i] {
+                if login.tracked[i].as_deref() != Some(want) {
+                    sql.push_str(&format!("SET {name} TO {};", literal(want)));
+                    applied.0 |= 1 << i;
+                }
+            }
+        }
+        (sql, applied)
+    }
+
+    /// After a reset that re-applied `client`'s values (`applied`): the connection has them,
+    /// and every other reported value it has now (as RESET ALL left it, reported or unchanged)
+    /// is its login's.
+    pub fn settle_reset(&mut self, login: &mut Values, client: &Values, applied: Owned) {
+        for i in 0..TRACKED.len() {
+            if applied.0 & (1 << i) != 0 {
+                self.tracked[i].clone_from(&client.tracked[i]);
+            } else {
+                login.tracked[i].clone_from(&self.tracked[i]);
+            }
+        }
+        if login.others != self.others {
+            login.others.clone_from(&self.others);
+        }
+    }
+
     /// Tells the client (`ParameterStatus` to `out`) every tracked value it has seen that
     /// differs from the connection's `server` now, and takes the connection's: after a change
     /// that was not the client's to carry (module doc), its next connection has another.
@@ -257,5 +294,43 @@ mod tests {
             Some("SET TimeZone TO E'UTC';")
         );
         assert!(is_tracked(b"timezone") && !is_tracked(b"work_mem"));
+    }
+
+    #[test]
+    fn a_reset_sets_the_clients_own_values_again_and_learns_the_login_from_the_rest() {
+        let mut login = Values::default();
+        login.update(b"TimeZone\0UTC\0");
+        login.update(b"application_name\0credswap/app/g1\0");
+        login.update(b"DateStyle\0ISO, MDY\0");
+        let mut client = login.clone();
+        client.set("application_name", "pgbench");
+        client.set("DateStyle", "ISO, DMY");
+        let mut owned = Owned::default();
+        owned.mark(b"application_name");
+        let (sql, applied) = client.reapply(&login, &owned);
+        assert_eq!(
+            sql, "SET application_name TO E'pgbench';",
+            "only what it owns and differs"
+        );
+        // The connection after the reset: a reload made DateStyle's default another, and the
+        // server reported it; application_name was set again in the same round trip.
+        let mut server = login.clone();
+        server.set("DateStyle", "German, DMY");
+        server.settle_reset(&mut login, &client, applied);
+        assert_eq!(server.get("application_name"), Some("pgbench"));
+        assert_eq!(login.get("application_name"), Some("credswap/app/g1"));
+        assert_eq!(
+            login.get("DateStyle"),
+            Some("German, DMY"),
+            "what it has now is its login's"
+        );
+        // The next client of the same values needs no SET; another gets the login's.
+        assert_eq!(client.sync_from(&server, &login, &owned), None);
+        assert_eq!(
+            Values::default()
+                .sync_from(&server, &login, &Owned::default())
+                .as_deref(),
+            Some("SET application_name TO E'credswap/app/g1';")
+        );
     }
 }

@@ -439,8 +439,8 @@ static LETTER: [u8; 256] = {
 };
 
 /// The quick answer for the commonest statement, a plain read: it starts with `SELECT` and
-/// has no `(` (so it calls nothing), no `;` but a last one (so it is one statement), and none
-/// of the letter pairs of [`PAIRS`] (so none of the words that matter in a read). Such a text
+/// has no `(` (so it calls nothing), no `;` but a last one (so it is one statement), no
+/// comment, and none of the letter pairs of [`PAIRS`] (so none of the words that matter in a read). Such a text
 /// leaves nothing behind whatever its literals and comments hold; anything else goes through
 /// the lexer. pgbench's `SELECT abalance FROM pgbench_accounts WHERE aid = ...` is one.
 fn plain_read(sql: &[u8]) -> bool {
@@ -459,11 +459,24 @@ fn plain_read(sql: &[u8]) -> bool {
         .iter()
         .rposition(|c| !c.is_ascii_whitespace() && *c != b';')
         .map_or(0, |i| i + 1);
-    let mut prev = 0u8;
-    for &c in &rest[..end] {
-        if matches!(c, b'(' | b';') {
+    let text = &rest[..end];
+    if memchr::memchr2(b'(', b';', text).is_some() {
+        return false;
+    }
+    // A comment goes to the lexer, which tells an unterminated one.
+    let mut from = 0;
+    while let Some(i) = memchr::memchr2(b'-', b'/', &text[from..]) {
+        let at = from + i;
+        if matches!(
+            (text[at], text.get(at + 1)),
+            (b'-', Some(b'-')) | (b'/', Some(b'*'))
+        ) {
             return false;
         }
+        from = at + 1;
+    }
+    let mut prev = 0u8;
+    for &c in text {
         let x = LETTER[c as usize];
         if PAIRS[(prev & 31) as usize] & (1 << (x & 31)) != 0 {
             return false;
