@@ -706,3 +706,49 @@ async fn a_generation_is_swapped_in_only_if_the_front_end_can_log_in_too() {
     })
     .await;
 }
+
+/// psycopg's view of its backend pid through the front end: in session mode the server's own
+/// (a notification's sender is itself, and `pg_terminate_backend` of it ends that session); in
+/// transaction mode one of credswap's, above any Linux pid, so it names no other backend.
+const PID_SCRIPT: &str = r#"
+import os, sys, psycopg
+dsn = f"host={os.environ['PGHOST']} dbname=app"
+mode = sys.argv[1]
+c = psycopg.connect(dsn, autocommit=True)
+pid = c.pgconn.backend_pid
+if mode == "session":
+    assert pid == c.execute("SELECT pg_backend_pid()").fetchone()[0], "the server's pid"
+    c.execute("LISTEN ch")
+    c.execute("NOTIFY ch, 'x'")
+    n = next(c.notifies(timeout=5))
+    assert n.pid == pid, (n.pid, pid)
+    other = psycopg.connect(dsn, autocommit=True)
+    assert other.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]
+    try:
+        c.execute("SELECT 1")
+        raise SystemExit("the terminated session still answered")
+    except psycopg.OperationalError:
+        pass
+else:
+    assert pid > 2 ** 22, pid
+print("pid ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_see_the_servers_pid_in_session_mode_and_none_in_transaction_mode() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    for mode in ["session", "transaction"] {
+        let s = setup(&format!("pool_mode = \"{mode}\"")).await;
+        let out = Command::new(&python)
+            .args(["-c", PID_SCRIPT, mode])
+            .env("PGHOST", s.socket_dir())
+            .output()
+            .expect("the venv's python runs (dev/setup installs psycopg)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("pid ok"),
+            "{mode}: {text}"
+        );
+    }
+}

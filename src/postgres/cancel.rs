@@ -1,4 +1,5 @@
-//! Cancel keys. Each client session gets a `BackendKeyData` of credswap's own; a
+//! Cancel keys. Each client session gets a `BackendKeyData` with credswap's own secret (and,
+//! in session mode, its server's pid); a
 //! `CancelRequest` with that key is forwarded to the server session serving the client at that
 //! moment, over the same TLS as that session's connection (never in plaintext when the session
 //! is encrypted), and only if the cancelling peer may use the session's target. Keys are linked
@@ -11,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use crate::config::access::Peer;
 use crate::pool::raw::{self as server, ServerKey};
 use crate::targets::TargetHandle;
+
+/// The smallest pid credswap makes up: above the largest a Linux process can have.
+const MIN_OWN_PID: i32 = (1 << 22) + 1;
 
 /// The live sessions' keys.
 #[derive(Default)]
@@ -54,8 +58,15 @@ impl CancelKeys {
     ) -> Registered<'_> {
         let mut sessions = self.sessions.lock().expect("never poisoned");
         let (pid, secret) = loop {
-            // A positive pid, as PostgreSQL's are; the secret is the part that matters.
-            let key = (rand::random_range(1..i32::MAX), rand::random::<i32>());
+            // Session mode: the server's own pid, which drivers compare with a notification's
+            // sender and pass to `pg_terminate_backend`. Transaction mode (no one server): a
+            // pid no Linux process can have (above `pid_max`'s ceiling, 2^22), so that it never
+            // names some other session's backend. The secret is credswap's either way: it is
+            // the part that matters.
+            let pid = server
+                .as_ref()
+                .map_or_else(|| rand::random_range(MIN_OWN_PID..i32::MAX), |s| s.pid);
+            let key = (pid, rand::random::<i32>());
             if !sessions.contains_key(&key) {
                 break key;
             }
