@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::frontend::{setup, setup_with, until, Setup};
+use support::frontend::{setup, setup_with, simple_one, until, Setup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A target in `mode` with one server connection.
@@ -40,16 +40,6 @@ async fn snapshot(c: &tokio_postgres::Client) -> (String, String) {
         })
         .expect("a row");
     (row.get(0).unwrap().into(), row.get(1).unwrap().into())
-}
-
-async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = c.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 /// What a client leaves behind, each as a hostile one would: (what, SQL).
@@ -136,15 +126,15 @@ async fn transaction_mode_leaves_the_next_client_nothing() {
     a.batch_execute("SET TimeZone = 'America/Lima'")
         .await
         .unwrap();
-    assert_eq!(one(&a, "SHOW TimeZone").await, "America/Lima");
+    assert_eq!(simple_one(&a, "SHOW TimeZone").await, "America/Lima");
     assert_eq!(snapshot(&b).await.0, login);
     // A reported setting changed by something credswap cannot attribute (here a function)
     // lasts the transaction for its client too, which is told the value it has next.
-    let login_zone = one(&b, "SHOW TimeZone").await;
+    let login_zone = simple_one(&b, "SHOW TimeZone").await;
     a.batch_execute("DO $$ BEGIN PERFORM set_config('TimeZone', 'Asia/Tokyo', false); END $$")
         .await
         .unwrap();
-    assert_eq!(one(&a, "SHOW TimeZone").await, login_zone);
+    assert_eq!(simple_one(&a, "SHOW TimeZone").await, login_zone);
     let (a_seen, _) = snapshot(&a).await;
     assert_eq!(
         a_seen, login,
@@ -265,6 +255,15 @@ fn bind_execute(name: &str) -> Vec<Vec<u8>> {
     vec![Raw::message(b'B', &b), Raw::message(b'E', &[0, 0, 0, 0, 0])]
 }
 
+/// The first column of the one row `statement` returns, as text.
+async fn text_of(
+    c: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
+    c.query_one(statement, params).await.unwrap().get(0)
+}
+
 /// A protocol-level prepared statement whose Parse was answered without a server (its own
 /// round) and that runs in a later round: what it does still counts, with libpq's raw
 /// protocol and with psycopg 3's `prepare=True`.
@@ -324,15 +323,8 @@ async fn shared_statements_cannot_be_dropped_or_replaced() {
         .prepare("SELECT 'mine'::text, $1::int")
         .await
         .unwrap();
-    assert_eq!(
-        victim
-            .query_one(&mine, &[&1])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "mine"
-    );
-    let names = one(
+    assert_eq!(text_of(&victim, &mine, &[&1]).await, "mine");
+    let names = simple_one(
         &hostile,
         "SELECT string_agg(name, ',') FROM pg_prepared_statements",
     )
@@ -381,14 +373,7 @@ async fn shared_statements_cannot_be_dropped_or_replaced() {
     // client's statements are gone, as on the server itself, and new ones work.
     victim.batch_execute("BEGIN; DEALLOCATE ALL").await.unwrap();
     let again = victim.prepare("SELECT 'again'::text").await.unwrap();
-    assert_eq!(
-        victim
-            .query_one(&again, &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "again"
-    );
+    assert_eq!(text_of(&victim, &again, &[]).await, "again");
     victim.batch_execute("COMMIT").await.unwrap();
     let e = victim.query_one(&mine, &[&3]).await.unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("26000"), "{e}");
@@ -396,22 +381,8 @@ async fn shared_statements_cannot_be_dropped_or_replaced() {
         .prepare("SELECT 'mine'::text, $1::int")
         .await
         .unwrap();
-    assert_eq!(
-        victim
-            .query_one(&mine, &[&3])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "mine"
-    );
-    assert_eq!(
-        victim
-            .query_one(&again, &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        "again"
-    );
+    assert_eq!(text_of(&victim, &mine, &[&3]).await, "mine");
+    assert_eq!(text_of(&victim, &again, &[]).await, "again");
 }
 
 /// psql through the front end, as root or as `user`: the backend pid it gets.
@@ -537,7 +508,7 @@ async fn the_scan_agrees_with_postgresql() {
         );
         c.batch_execute("DISCARD ALL").await.unwrap();
         c.batch_execute(&setup).await.unwrap();
-        let before = one(&c, STATE).await;
+        let before = simple_one(&c, STATE).await;
         for _ in 0..600 {
             let parts: Vec<&str> = (0..1 + next(4))
                 .map(|_| PIECES[next(PIECES.len())])
@@ -547,7 +518,7 @@ async fn the_scan_agrees_with_postgresql() {
             if c.simple_query(&sql).await.is_ok() {
                 ran += 1;
             }
-            let after = one(&c, STATE).await;
+            let after = simple_one(&c, STATE).await;
             flagged += usize::from(scan.changes);
             if after != before {
                 changed += 1;

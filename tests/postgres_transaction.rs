@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::frontend::{setup, until, Setup};
+use support::frontend::{setup, simple_one, until, Setup};
 
 /// A target in transaction mode with `max_size` server connections.
 fn transaction_target(max_size: u32) -> String {
@@ -58,16 +58,6 @@ async fn pgbench_64_clients_share_8_server_connections_in_every_query_mode() {
         assert!(n <= 8, "{mode}: {n} server sessions for 64 clients");
     }
     support::assert_no_canary("daemon log", &s.daemon.log());
-}
-
-async fn simple_one(c: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = c.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 /// Rotates target `app` to a new role (granted what `app` has) and waits for the swap.

@@ -119,6 +119,17 @@ impl Setup {
     }
 }
 
+/// The first column of the first row `sql` returns, as text (simple protocol).
+pub async fn simple_one(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = c.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a row")
+}
+
 /// Waits (at most 10 s) until `condition` holds, checking it every 20 ms.
 pub async fn until<F: std::future::Future<Output = bool>>(
     what: &str,
