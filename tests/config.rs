@@ -388,6 +388,14 @@ fn postgres_front_end_settings() {
     let e = errors(&GOOD.replace("source =", "pool_mode = \"statement\"\nsource ="));
     assert!(e.iter().any(|e| e.contains("pool_mode")), "{e:?}");
     let e = errors(&format!(
+        "[postgres]\nmax_message_bytes = 4294967296\n{GOOD}"
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("postgres.max_message_bytes") && e.contains("at most")),
+        "{e:?}"
+    );
+    let e = errors(&format!(
         "[postgres]\nsocket_dir = \"run\"\nport = 6432\n{GOOD}"
     ));
     assert!(e.iter().any(|e| e.contains("postgres.socket_dir")), "{e:?}");

@@ -164,6 +164,10 @@ fn socket_group(group: Option<&String>, key: &str, c: &mut Collector<'_>) -> Opt
     })
 }
 
+/// The largest `postgres.max_message_bytes`: PostgreSQL's own `MaxAllocSize`, so that a length
+/// always fits the protocol's 32-bit field with room to spare.
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
 fn validate_postgres(p: &super::PostgresConfig, c: &mut Collector<'_>) -> super::Postgres {
     if !p.socket_dir.is_absolute() {
         c.error(
@@ -190,6 +194,12 @@ fn validate_postgres(p: &super::PostgresConfig, c: &mut Collector<'_>) -> super:
         c.error(
             "postgres.max_message_bytes".into(),
             "must be at least 8192 (PostgreSQL's own messages need that much)",
+        );
+    }
+    if p.max_message_bytes > MAX_MESSAGE_BYTES {
+        c.error(
+            "postgres.max_message_bytes".into(),
+            format!("must be at most {MAX_MESSAGE_BYTES} (1 GiB, the most PostgreSQL itself takes in one message); fix: lower it, e.g. to 268435456"),
         );
     }
     if p.startup_timeout.is_zero() {

@@ -124,9 +124,11 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Constant-time equality of two byte strings (length is not secret).
+/// Constant-time equality of two byte strings (length is not secret), by `subtle`, the
+/// maintained crate the HMAC crates use themselves, rather than a fold of our own that the
+/// optimiser is free to shortcut.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 impl Verifier {

@@ -344,10 +344,7 @@ impl Client {
         if self.statements.contains_key(name) {
             return Err(Refused {
                 code: "42P05",
-                message: format!(
-                    "prepared statement \"{}\" already exists",
-                    String::from_utf8_lossy(name)
-                ),
+                message: format!("prepared statement \"{}\" already exists", shown(name)),
             });
         }
         if self.statements.len() >= MAX_CLIENT_STATEMENTS
@@ -421,10 +418,7 @@ impl Client {
         let Some(statement) = self.statements.get(name).cloned() else {
             return Err(Refused {
                 code: "26000",
-                message: format!(
-                    "prepared statement \"{}\" does not exist",
-                    String::from_utf8_lossy(name)
-                ),
+                message: format!("prepared statement \"{}\" does not exist", shown(name)),
             });
         };
         if !server.prepared.touch(statement.id) {
@@ -683,10 +677,35 @@ impl Client {
     }
 }
 
+/// A client's statement name as an error message shows it: at most 63 bytes (PostgreSQL's
+/// identifier length), so that no client makes credswap echo an unbounded name.
+fn shown(name: &[u8]) -> String {
+    const MAX: usize = 63;
+    let mut text = String::from_utf8_lossy(&name[..name.len().min(MAX)]).into_owned();
+    if name.len() > MAX {
+        text.push_str("...");
+    }
+    text
+}
+
 /// A NUL-terminated field and what follows it (all of it when there is no NUL).
 fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
     match b.iter().position(|c| *c == 0) {
         Some(i) => (&b[..i], &b[i + 1..]),
         None => (b, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_show_at_most_63_bytes_of_a_name() {
+        assert_eq!(shown(b"s1"), "s1");
+        let long = vec![b'x'; 10_000];
+        let text = shown(&long);
+        assert_eq!(text.len(), 63 + 3);
+        assert!(text.ends_with("..."));
     }
 }
