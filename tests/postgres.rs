@@ -8,31 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use support::frontend::{setup, until};
+use support::frontend::{psql, setup, until};
 use tokio_postgres::NoTls;
-
-fn psql(dir: &Path, db: &str, sql: &str, as_user: Option<&str>) -> (i32, String, String) {
-    let mut cmd = match as_user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--", "psql"]);
-            c
-        }
-        None => Command::new("psql"),
-    };
-    let out = cmd
-        .arg(format!("host={} dbname={db}", dir.display()))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("psql runs (apt-get install postgresql-client)");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(out.stdout),
-        text(out.stderr),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_connects_without_a_password_and_follows_a_rotation() {

@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::frontend::{setup, setup_with, simple_one, until, Setup};
+use support::frontend::{psql, setup, setup_with, simple_one, until, Setup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A target in `mode` with one server connection.
@@ -387,25 +387,9 @@ async fn shared_statements_cannot_be_dropped_or_replaced() {
 
 /// psql through the front end, as root or as `user`: the backend pid it gets.
 fn psql_pid(dir: &Path, user: Option<&str>) -> String {
-    let mut cmd = match user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--", "psql"]);
-            c
-        }
-        None => Command::new("psql"),
-    };
-    let out = cmd
-        .arg(format!("host={} dbname=app", dir.display()))
-        .args(["-X", "-A", "-t", "-c", "SELECT pg_backend_pid()"])
-        .output()
-        .expect("runuser and psql run (apt-get install postgresql-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let (code, out, err) = psql(dir, "app", "SELECT pg_backend_pid()", user);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_string()
 }
 
 /// Clients of different uids never get the same server connection, in either mode, unless

@@ -521,8 +521,8 @@ async fn connect_host(
                 key = Some((body.process_id(), body.secret_key()))
             }
             backend::Message::NoticeResponse(_) => {}
-            backend::Message::ErrorResponse(body) => {
-                let (code, message) = error_fields(&body);
+            backend::Message::ErrorResponse(_) => {
+                let (code, message) = error_fields(&frame[5..]);
                 return Err(ServerError::Refused {
                     code,
                     message,
@@ -628,20 +628,6 @@ pub async fn reset(conn: &mut ServerConnection, within: Duration) -> bool {
     run_quietly(conn, "DISCARD ALL", within).await.is_ok()
 }
 
-/// An `ErrorResponse`'s SQLSTATE and message.
-fn error_fields(body: &backend::ErrorResponseBody) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    let mut fields = body.fields();
-    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
-        match f.type_() {
-            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-            _ => {}
-        }
-    }
-    (code, message)
-}
-
 /// Why a statement credswap ran for itself failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QuietError {
@@ -725,7 +711,10 @@ pub async fn reset_session(
                 let m = buf.split_to(len + 1);
                 let body = &m[5..];
                 match m[0] {
-                    b'E' => failed = Some(error_body(body)),
+                    b'E' => {
+                        let (code, message) = error_fields(body);
+                        failed = Some(QuietError::Server { code, message });
+                    }
                     b'S' => {
                         let mut fields = body.split(|b| *b == 0);
                         if let (Some(n), Some(v)) = (fields.next(), fields.next()) {
@@ -763,8 +752,8 @@ pub async fn reset_session(
     }
 }
 
-/// The SQLSTATE and message of an `ErrorResponse` body.
-fn error_body(mut fields: &[u8]) -> QuietError {
+/// The SQLSTATE and message of an `ErrorResponse` body (its fields).
+fn error_fields(mut fields: &[u8]) -> (String, String) {
     let (mut code, mut message) = (String::new(), String::new());
     while let Some((&kind, rest)) = fields.split_first() {
         let Some(end) = rest.iter().position(|b| *b == 0) else {
@@ -777,7 +766,7 @@ fn error_body(mut fields: &[u8]) -> QuietError {
         }
         fields = &rest[end + 1..];
     }
-    QuietError::Server { code, message }
+    (code, message)
 }
 
 /// The second and third columns of a `DataRow` body, as numbers.
@@ -849,10 +838,10 @@ async fn run_for_self(
         let mut status = Vec::new();
         let mut failed = None;
         loop {
-            let (_, message) = next_message(&mut conn.stream, &mut read).await?;
+            let (frame, message) = next_message(&mut conn.stream, &mut read).await?;
             match message? {
-                backend::Message::ErrorResponse(body) => {
-                    let (code, message) = error_fields(&body);
+                backend::Message::ErrorResponse(_) => {
+                    let (code, message) = error_fields(&frame[5..]);
                     failed = Some(QuietError::Server { code, message });
                 }
                 backend::Message::ParameterStatus(p) => {

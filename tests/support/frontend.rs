@@ -119,6 +119,31 @@ impl Setup {
     }
 }
 
+/// psql through the front end in `dir` (as root, or as `as_user` by runuser): exit code,
+/// stdout, stderr.
+pub fn psql(dir: &Path, db: &str, sql: &str, as_user: Option<&str>) -> (i32, String, String) {
+    let mut cmd = match as_user {
+        Some(u) => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", u, "--", "psql"]);
+            c
+        }
+        None => std::process::Command::new("psql"),
+    };
+    let out = cmd
+        .arg(format!("host={} dbname={db}", dir.display()))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("psql runs (apt-get install postgresql-client)");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
 /// The first column of the first row `sql` returns, as text (simple protocol).
 pub async fn simple_one(c: &tokio_postgres::Client, sql: &str) -> String {
     let rows = c.simple_query(sql).await.unwrap();

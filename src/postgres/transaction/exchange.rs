@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::params::{is_tracked, Owned, Values};
 use super::scan::{scan, scan_with, Pin, Scan};
 use super::servers::Server;
-use super::statements::{close_message, Statement, Statements};
+use super::statements::{close_message, parse_text, scan_in, Statement, Statements};
 use crate::postgres::wire;
 
 /// Named statements one client may have at once.
@@ -225,7 +225,7 @@ impl Client {
         if name.is_empty() {
             // Drivers send the same unnamed Parse again and again: scanned once.
             if self.unnamed.as_deref() != Some(m) {
-                self.unnamed_scan = scan(cstr(rest).0);
+                self.unnamed_scan = scan(parse_text(m));
                 self.unnamed = Some(Bytes::copy_from_slice(m));
             }
             let scan = self.unnamed_scan_for(&server.values);
@@ -299,7 +299,7 @@ impl Client {
             let statement = (!name.is_empty()).then(|| statements.get(rest));
             let found_scan = match &statement {
                 Some(s) => s.scan,
-                None => scan(cstr(rest).0),
+                None => scan(parse_text(m)),
             };
             if found_scan.pin.is_some() || found_scan.forgets_statements {
                 return None;
@@ -313,7 +313,7 @@ impl Client {
             match statement {
                 None => {
                     self.unnamed = Some(Bytes::copy_from_slice(m));
-                    self.unnamed_scan = scan(cstr(cstr(&m[5..]).1).0);
+                    self.unnamed_scan = scan(parse_text(m));
                     self.unnamed_seq += 1;
                     back.put_slice(&[b'1', 0, 0, 0, 4]);
                 }
@@ -333,10 +333,9 @@ impl Client {
     /// What the client's unnamed statement does, read with the session's
     /// `standard_conforming_strings` (scanned with it on when parsed).
     fn unnamed_scan_for(&self, values: &Values) -> Scan {
-        match (&self.unnamed, values.standard_strings()) {
-            (Some(parse), false) => scan_with(cstr(cstr(&parse[5..]).1).0, false),
-            _ => self.unnamed_scan,
-        }
+        self.unnamed.as_deref().map_or(self.unnamed_scan, |parse| {
+            scan_in(self.unnamed_scan, parse, values)
+        })
     }
 
     /// Records the client's name for a statement, within the client's limits.

@@ -219,13 +219,8 @@ impl Session<'_> {
         }
         let sync = values.sync_from(&held.server.values, &held.server.login, &self.client.owned);
         if let Some(sql) = sync {
-            held.server.unnamed = None;
-            match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
-                Ok(status) => {
-                    for (n, v) in status {
-                        held.server.values.set(&n, &v);
-                    }
-                }
+            match held.server.run_quietly(&sql, QUIET_TIMEOUT).await {
+                Ok(()) => {}
                 Err(QuietError::Server { code, message }) => {
                     self.give_back(held, false).await;
                     return Err(Refusal::server(code, message));
@@ -314,19 +309,10 @@ impl Session<'_> {
                 &self.client.owned,
             );
             if let Some(sql) = sync {
-                // A simple query ends the unnamed statement.
-                held.server.unnamed = None;
-                match raw::run_quietly(&mut held.server.conn, &sql, QUIET_TIMEOUT).await {
-                    Ok(status) => {
-                        for (n, v) in status {
-                            held.server.values.set(&n, &v);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(target_name = %self.name, error = %e, "a server connection could not take a client's parameters; it is closed");
-                        self.give_back(held, false).await;
-                        continue;
-                    }
+                if let Err(e) = held.server.run_quietly(&sql, QUIET_TIMEOUT).await {
+                    tracing::warn!(target_name = %self.name, error = %e, "a server connection could not take a client's parameters; it is closed");
+                    self.give_back(held, false).await;
+                    continue;
                 }
             }
             return Ok(held);

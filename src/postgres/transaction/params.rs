@@ -97,20 +97,8 @@ impl Values {
     /// the reset's round trip, so that the client's next transaction, or another client's with
     /// the same values (one application's clients), finds the connection ready.
     pub fn reapply(&self, login: &Values, owned: &Owned) -> (String, Owned) {
-        let mut sql = String::new();
-        let mut applied = Owned::default();
-        for (i, name) in TRACKED.iter().enumerate() {
-            if owned.0 & (1 << i) == 0 {
-                continue;
-            }
-            if let Some(want) = &self.tracked[i] {
-                if login.tracked[i].as_deref() != Some(want) {
-                    sql.push_str(&format!("SET {name} TO {};", literal(want)));
-                    applied.0 |= 1 << i;
-                }
-            }
-        }
-        (sql, applied)
+        let (sql, applied) = self.sets(login, login, owned);
+        (sql.unwrap_or_default(), applied)
     }
 
     /// After a reset that re-applied `client`'s values (`applied`): the connection has them,
@@ -171,7 +159,13 @@ impl Values {
     /// set (`owned`), the login's for the others (so nothing another client set shows, and the
     /// generation's `application_name` stays); `None` when they agree already.
     pub fn sync_from(&self, server: &Values, login: &Values, owned: &Owned) -> Option<String> {
+        self.sets(server, login, owned).0
+    }
+
+    /// [`Values::sync_from`]'s statements, and which parameters they set.
+    fn sets(&self, server: &Values, login: &Values, owned: &Owned) -> (Option<String>, Owned) {
         let mut sql: Option<String> = None;
+        let mut set = Owned::default();
         for (i, name) in TRACKED.iter().enumerate() {
             let want = if owned.0 & (1 << i) != 0 {
                 &self.tracked[i]
@@ -185,10 +179,11 @@ impl Values {
                 if !same {
                     let sql = sql.get_or_insert_with(String::new);
                     sql.push_str(&format!("SET {name} TO {};", literal(want)));
+                    set.0 |= 1 << i;
                 }
             }
         }
-        sql
+        (sql, set)
     }
 }
 
@@ -220,10 +215,7 @@ pub struct Owned(u8);
 impl Owned {
     /// Marks `name` (if tracked) as the client's.
     pub fn mark(&mut self, name: &[u8]) {
-        if let Some(i) = TRACKED
-            .iter()
-            .position(|t| t.as_bytes().eq_ignore_ascii_case(name))
-        {
+        if let Some(i) = position(name) {
             self.0 |= 1 << i;
         }
     }

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::params::Values;
 use super::statements::Prepared;
-use crate::pool::raw::{ServerConnection, ServerKey};
+use crate::pool::raw::{self, QuietError, ServerConnection, ServerKey};
 
 pub use crate::postgres::lane::{Lane, Params};
 
@@ -69,6 +69,16 @@ impl Server {
 }
 
 impl Server {
+    /// Runs credswap's own `sql` (a `SET` of reported parameters) on the idle connection and
+    /// takes in the values it reports. A simple query ends the unnamed statement.
+    pub async fn run_quietly(&mut self, sql: &str, within: Duration) -> Result<(), QuietError> {
+        self.unnamed = None;
+        for (n, v) in raw::run_quietly(&mut self.conn, sql, within).await? {
+            self.values.set(&n, &v);
+        }
+        Ok(())
+    }
+
     /// Where a cancel request for this connection goes.
     pub fn conn_key(&self) -> Arc<ServerKey> {
         self.key.clone()

@@ -37,12 +37,24 @@ impl Statement {
     /// What it does, read with the `standard_conforming_strings` of the session it runs in
     /// (scanned with it on when first seen).
     pub fn scan_for(&self, values: &Values) -> Scan {
-        if values.standard_strings() {
-            return self.scan;
-        }
-        let after_name = &self.parse[5 + self.name().len() + 1..];
-        let text = after_name.split(|b| *b == 0).next().unwrap_or_default();
-        scan::scan_with(text, false)
+        scan_in(self.scan, &self.parse, values)
+    }
+}
+
+/// The statement text of a `Parse` message (what follows its name).
+pub fn parse_text(parse: &[u8]) -> &[u8] {
+    let mut fields = parse.get(5..).unwrap_or_default().splitn(3, |b| *b == 0);
+    fields.next();
+    fields.next().unwrap_or_default()
+}
+
+/// What the text of `parse` does in a session with `values`: `scanned`, read with
+/// `standard_conforming_strings` on when the text was first seen, unless the session has it off.
+pub fn scan_in(scanned: Scan, parse: &[u8], values: &Values) -> Scan {
+    if values.standard_strings() {
+        scanned
+    } else {
+        scan::scan_with(parse_text(parse), false)
     }
 }
 
@@ -190,6 +202,7 @@ mod tests {
         );
         assert_eq!(name(a.id), name(a.id), "the same name every time");
         assert!(a.parse.ends_with(b"SELECT $1\0\0\x01\0\0\0\x17"));
+        assert_eq!(parse_text(&a.parse), b"SELECT $1");
         let id = a.id;
         drop((a, b));
         assert_ne!(
